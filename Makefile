@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml | $(PY)
 	@touch $(STAMP)
 
 lab: venv
-	$(VENV)/bin/jupyter lab notebooks/ $$(if [ "$$(id -u)" = 0 ]; then echo --allow-root; fi)
+	$(VENV)/bin/jupyter lab $(if $(wildcard notebooks),notebooks/) $$(if [ "$$(id -u)" = 0 ]; then echo --allow-root; fi)
 
 # The whole suite: tests/ plus every notebook through nbmake (skipped while there are none).
 test: venv
