@@ -1,0 +1,363 @@
+"""Talk to a vision-language model: one conversation, many at once, or streamed piece by piece.
+
+    reply = generate(vlm, [user(image, "What do we see in this image?")])
+    reply.text, reply.usage
+
+Greedy decoding unless temperature > 0. The prompt is removed from the output by token count,
+never by splitting strings. Images travel inside the messages (see vlm_course.messages).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from .errors import GenerationError, VLMCourseError
+from .images import load_image
+from .messages import assistant, image_sources, user, validate  # noqa: F401  (re-exported for learners)
+
+MAX_NEW_TOKENS_LIMIT = 4096
+
+
+@dataclass
+class Usage:
+    """What a reply cost. Times in seconds; rates in tokens per second."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    time_to_first_token: float | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def prefill_tokens_per_second(self) -> float | None:
+        t = self.time_to_first_token
+        return self.prompt_tokens / t if t else None
+
+    @property
+    def decode_tokens_per_second(self) -> float | None:
+        """Tokens after the first, over the time after the first: the speed of decoding alone."""
+        t = self.time_to_first_token
+        if t is None or self.completion_tokens < 2 or self.seconds <= t:
+            return None
+        return (self.completion_tokens - 1) / (self.seconds - t)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        for name in ("total_tokens", "prefill_tokens_per_second", "decode_tokens_per_second", "tokens_per_second"):
+            d[name] = getattr(self, name)
+        return d
+
+
+@dataclass
+class Reply:
+    text: str
+    usage: Usage
+    finish_reason: str = "stop"  # "stop" (end of turn or a stop string) or "length" (max_new_tokens reached)
+    token_ids: list[int] = field(default_factory=list, repr=False)
+
+
+def render_prompt(vlm, messages, add_generation_prompt: bool = True) -> str:
+    """The prompt string the chat template makes of a conversation (before image tokens are expanded)."""
+    messages = validate(messages, for_generation=add_generation_prompt)
+    return vlm.processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+
+
+def prepare(vlm, conversations: Sequence[list[dict]], padding_side: str = "left"):
+    """Validate conversations, load their images, and turn them into model inputs on the model's device."""
+    conversations = [validate(c) for c in conversations]
+    texts = [vlm.processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
+    images = [[load_image(src) for src in image_sources(c)] for c in conversations]
+    kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True, "padding_side": padding_side}
+    if any(images):
+        kwargs["images"] = images
+    try:
+        inputs = vlm.processor(**kwargs)
+    except ValueError as e:  # e.g. an image the processor cannot handle
+        raise GenerationError(f"The processor refused these inputs: {e}") from None
+    inputs = inputs.to(vlm.device)
+    if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+        inputs["pixel_values"] = inputs["pixel_values"].to(vlm.model.dtype)
+    return inputs
+
+
+def generation_options(vlm, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+                       seed: int | None = None, stop: Sequence[str] | str | None = None) -> dict:
+    """Check options and turn them into keyword arguments for model.generate."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+        raise GenerationError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT}, got {max_new_tokens!r}.")
+    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 10:
+        raise GenerationError(f"temperature must be a number from 0 (greedy) to 10, got {temperature!r}.")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise GenerationError(f"top_p must be a number in (0, 1], got {top_p!r}.")
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": vlm.tokenizer.pad_token_id}
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p))
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if seed is not None:
+        torch.manual_seed(seed)
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise GenerationError(f"stop must be a non-empty string or a list of them, got {stop!r}.")
+    if stops:
+        kwargs.update(stop_strings=stops, tokenizer=vlm.tokenizer)
+    return kwargs
+
+
+def _end_ids(vlm) -> set[int]:
+    eos = vlm.model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    end = vlm.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    if isinstance(end, int) and end != vlm.tokenizer.unk_token_id:
+        ids.add(end)
+    return ids
+
+
+def _cut_at_stop(text: str, stops) -> tuple[str, bool]:
+    cut = min((text.find(s) for s in stops or [] if s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _finish(vlm, new_ids: list[int], max_new_tokens: int, stops) -> tuple[list[int], str, str]:
+    """Generated ids up to and including the first end token, their text, and the finish reason."""
+    ends = _end_ids(vlm)
+    for i, t in enumerate(new_ids):
+        if t in ends:
+            new_ids, reason = new_ids[: i + 1], "stop"
+            break
+    else:
+        reason = "length" if len(new_ids) >= max_new_tokens else "stop"
+    text = vlm.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+    text, stopped = _cut_at_stop(text, stops)
+    return new_ids, text.strip(), "stop" if stopped else reason
+
+
+class _FirstTokenClock(BaseStreamer):
+    """Records when generate produces its first new token (the first put() is the prompt)."""
+
+    def __init__(self):
+        self.calls, self.first = 0, None
+
+    def put(self, value):
+        self.calls += 1
+        if self.calls == 2 and self.first is None:
+            self.first = time.perf_counter()
+
+    def end(self):
+        pass
+
+
+def generate(vlm, messages: list[dict], **options) -> Reply:
+    """One conversation in, one Reply (text, usage, finish_reason) out."""
+    return _generate(vlm, [messages], options, clock_first_token=True)[0]
+
+
+def generate_batch(vlm, conversations: Sequence[list[dict]], **options) -> list[Reply]:
+    """Many conversations in one batched generate (left padding): one Reply each, in order.
+
+    Greedy replies equal those of one-at-a-time `generate`. Each usage's seconds is the whole batch's time.
+    """
+    if isinstance(conversations, (list, tuple)) and conversations and isinstance(conversations[0], dict):
+        raise GenerationError("generate_batch takes a list of conversations (each a list of messages); "
+                              "for a single conversation use generate().")
+    if not conversations:
+        return []
+    return _generate(vlm, list(conversations), options, clock_first_token=False)
+
+
+def _generate(vlm, conversations, options, clock_first_token: bool) -> list[Reply]:
+    kwargs = generation_options(vlm, **options)
+    stops = kwargs.get("stop_strings")
+    inputs = prepare(vlm, conversations)
+    clock = _FirstTokenClock() if clock_first_token else None
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():  # not inference_mode: quanto int4 kernels fail under it
+            output = vlm.model.generate(**inputs, **kwargs, streamer=clock)
+    except VLMCourseError:
+        raise
+    except (RuntimeError, ValueError) as e:
+        raise GenerationError(f"Generation failed: {type(e).__name__}: {e}") from e
+    seconds = time.perf_counter() - start
+    prompt_len = inputs["input_ids"].shape[1]
+    replies = []
+    for row in range(output.shape[0]):
+        new_ids, text, reason = _finish(vlm, output[row, prompt_len:].tolist(), kwargs["max_new_tokens"], stops)
+        ttft = clock.first - start if clock and clock.first else None
+        usage = Usage(int(inputs["attention_mask"][row].sum()), len(new_ids), seconds, ttft)
+        replies.append(Reply(text, usage, reason, new_ids))
+    return replies
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _QueueStreamer(BaseStreamer):
+    """Hands each new token id from generate's thread to the consumer."""
+
+    def __init__(self, q: queue.Queue, cancel: threading.Event):
+        self.q, self.cancel, self.prompt_seen = q, cancel, False
+
+    def put(self, value):
+        if not self.prompt_seen:  # generate first puts the whole prompt
+            self.prompt_seen = True
+            return
+        self.q.put(("token", int(value.reshape(-1)[0])))
+
+    def end(self):
+        self.q.put(("end", None))
+
+
+class _StopWhenCancelled(StoppingCriteria):
+    def __init__(self, cancel: threading.Event):
+        self.cancel = cancel
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class Stream:
+    """An iterator of text pieces as the model produces them; see `stream`.
+
+    After the loop: `.text` (all pieces joined, equal to generate's text), `.usage`, `.finish_reason`.
+    `.close()` (or breaking out of a `with` block) stops generation.
+    """
+
+    def __init__(self, vlm, messages: list[dict], options: dict):
+        self.vlm = vlm
+        self.kwargs = generation_options(vlm, **options)
+        self.inputs = prepare(vlm, [messages])  # bad messages or images fail here, before any thread
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.text = ""
+        self._ids: list[int] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._cancel = threading.Event()
+        self._done = False
+        self._start = time.perf_counter()
+        self._first: float | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="vlm-course-stream")
+        self._thread.start()
+
+    def _run(self):
+        kwargs = dict(self.kwargs)
+        kwargs["streamer"] = _QueueStreamer(self._queue, self._cancel)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenCancelled(self._cancel)])
+        try:
+            with torch.no_grad():
+                self.vlm.model.generate(**self.inputs, **kwargs)
+        except BaseException as e:  # hand every failure to the consumer, never die silently
+            self._queue.put(("error", e))
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        while not self._done:
+            kind, value = self._get()
+            if kind == "token":
+                if self._first is None:
+                    self._first = time.perf_counter()
+                piece = self._add(value)
+                if piece:
+                    return piece
+            elif kind == "error":
+                self._finish_up()
+                raise GenerationError(f"Generation failed: {type(value).__name__}: {value}") from value
+            else:
+                self._finish_up()
+                tail = self._flush()
+                if tail:
+                    return tail
+        raise StopIteration
+
+    def _get(self):
+        # Wait as long as generation runs (a long prefill is not an error), but notice a dead thread.
+        while True:
+            try:
+                return self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    return ("error", RuntimeError("the generation thread ended without finishing the stream"))
+
+    def _decoded(self, ids) -> str:
+        text = self.vlm.tokenizer.decode(ids, skip_special_tokens=True)
+        return text.lstrip()
+
+    def _add(self, token_id: int) -> str:
+        """Take one token; return the new text it completes (held back while a character is incomplete)."""
+        if token_id in _end_ids(self.vlm):
+            self._ids.append(token_id)
+            return ""
+        self._ids.append(token_id)
+        text = self._decoded(self._ids)
+        if text.endswith("\ufffd"):  # half a multi-byte character: wait for the rest
+            return ""
+        return self._emit(text)
+
+    def _emit(self, full: str) -> str:
+        stops = self.kwargs.get("stop_strings")
+        full, stopped = _cut_at_stop(full, stops)
+        if stopped:
+            self._cancel.set()
+        piece = full[len(self.text):] if full.startswith(self.text) else ""
+        self.text = full if full.startswith(self.text) else self.text
+        return piece
+
+    def _flush(self) -> str:
+        new_ids, text, reason = _finish(self.vlm, self._ids, self.kwargs["max_new_tokens"], self.kwargs.get("stop_strings"))
+        self.finish_reason = reason
+        self._ids = new_ids
+        piece = text[len(self.text):] if text.startswith(self.text) else ""
+        self.text = text
+        seconds = time.perf_counter() - self._start
+        ttft = self._first - self._start if self._first else None
+        self.usage = Usage(int(self.inputs["attention_mask"][0].sum()), len(new_ids), seconds, ttft)
+        return piece
+
+    def _finish_up(self):
+        self._done = True
+
+    def close(self) -> None:
+        """Stop generation now; the thread ends at its next token."""
+        self._cancel.set()
+        self._done = True
+        self._thread.join(timeout=30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self._cancel.set()
+
+
+def stream(vlm, messages: list[dict], **options) -> Stream:
+    """Generate a reply as text pieces while the model produces them (no sleeps, no polling delay).
+
+        s = stream(vlm, conversation)
+        for piece in s: print(piece, end="")
+        s.usage.time_to_first_token
+
+    Special tokens never appear; the pieces join to exactly `generate(...).text`. An error in
+    generation is raised by the loop; `s.close()` stops generation.
+    """
+    return Stream(vlm, messages, options)

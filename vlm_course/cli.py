@@ -1,0 +1,185 @@
+"""The `vlm-course` command: info, draw, ask, eval, bench, serve, train-tiny."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import VLMCourseError
+
+# The bars of the tiny model's evaluation (exact match), per question family.
+BARS = {"describe": 0.98, "attribute": 0.98, "count": 0.98, "exists": 0.98, "position": 0.95,
+        "two_images": 0.95, "multi_turn": 0.95, "description": 0.95, "unknown": 0.95}
+PERTURBED_BAR = 0.95
+
+
+def cmd_info(args) -> int:
+    import platform
+
+    import torch
+    import transformers
+
+    from . import __version__
+    from .models import available_attention, default_model_id, load_vlm, pick_device
+
+    device = pick_device(args.device)
+    print(f"vlm-course    {__version__}")
+    print(f"python        {platform.python_version()}")
+    print(f"torch         {torch.__version__} (cuda available: {torch.cuda.is_available()})")
+    print(f"transformers  {transformers.__version__}")
+    print(f"device        {device}")
+    print(f"attention     {', '.join(available_attention(device))}")
+    print(f"model         {args.model or default_model_id()}")
+    vlm = load_vlm(args.model, device=args.device)
+    params = sum(p.numel() for p in vlm.model.parameters())
+    print(f"loaded        {vlm!r}: {params:,} parameters in {vlm.load_seconds:.2f} s")
+    return 0
+
+
+def cmd_draw(args) -> int:
+    from .shapes import detailed_description, random_scene
+
+    scene = random_scene(args.seed)
+    scene.draw(args.size).save(args.out)
+    print(f"{args.out}: {scene.describe()} ({detailed_description(scene)})")
+    return 0
+
+
+def cmd_ask(args) -> int:
+    from .chat import generate, stream, user
+    from .models import load_vlm
+
+    vlm = load_vlm(args.model, device=args.device)
+    messages = [user(*args.images, args.question)] if args.images else [user(args.question)]
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    if args.stream:
+        s = stream(vlm, messages, **options)
+        for piece in s:
+            print(piece, end="", flush=True)
+        print()
+        usage = s.usage
+    else:
+        reply = generate(vlm, messages, **options)
+        print(reply.text)
+        usage = reply.usage
+    if args.usage:
+        print(json.dumps(usage.as_dict(), indent=2), file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .models import load_vlm
+    from .shapes.evaluate import evaluate, format_scores
+
+    vlm = load_vlm(args.model, device=args.device)
+    families = args.families.split(",") if args.families else None
+    scores = evaluate(vlm, families, n=args.n, seed=args.seed, batch_size=args.batch_size)
+    print(f"Exact match on {args.n} held-out questions per family ({vlm.name}):")
+    print(format_scores(scores, BARS))
+    single = [s for f, s in scores.items() if f in ("describe", "attribute", "count", "exists", "position", "description")]
+    if single:
+        correct, total = sum(s.correct for s in single), sum(s.total for s in single)
+        print(f"single-image overall: {correct}/{total} = {correct / total:.1%}")
+    result = {f: {"correct": s.correct, "total": s.total, "accuracy": s.accuracy} for f, s in scores.items()}
+    ok = all(s.accuracy >= BARS.get(f, 0) for f, s in scores.items())
+    if not args.no_perturbed:
+        perturbed = evaluate(vlm, families, n=max(1, args.n // 5), seed=args.seed, perturbed=True,
+                             batch_size=args.batch_size)
+        correct, total = sum(s.correct for s in perturbed.values()), sum(s.total for s in perturbed.values())
+        print(f"perturbed scenes (jitter, tint, JPEG 75, drawn at 256 px): {correct}/{total} = {correct / total:.1%}"
+              f"  (bar {PERTURBED_BAR:.0%})")
+        result["perturbed"] = {"correct": correct, "total": total, "accuracy": correct / total}
+        ok = ok and correct / total >= PERTURBED_BAR
+    if args.show_mistakes:
+        for f, s in scores.items():
+            for q, want, got in s.mistakes[: args.show_mistakes]:
+                print(f"  [{f}] {q!r}: expected {want!r}, got {got!r}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0 if ok or not args.strict else 1
+
+
+def cmd_train_tiny(args) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shares the CPU gracefully with other work
+    from .tiny.train import TrainConfig, train_tiny
+
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, threads=args.threads)
+    out = train_tiny(args.out, cfg)
+    print(f"saved the trained model and its loss curve to {out}")
+    print(f"evaluate it with: vlm-course eval --model {out}")
+    return 0
+
+
+# Subcommands with their own argument parsers, in the module that implements them.
+FORWARDED = {"bench": ".bench", "serve": ".serve"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vlm-course", description="Vision-language model inference course tools.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_model(sp):
+        sp.add_argument("--model", default=None, help="hub id or directory (default: $VLM_COURSE_MODEL or the tiny model)")
+        sp.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+        return sp
+
+    with_model(sub.add_parser("info", help="versions, device and model")).set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("draw", help="draw a shapes scene to a PNG and print its true description")
+    sp.add_argument("out")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--size", type=int, default=128)
+    sp.set_defaults(func=cmd_draw)
+
+    sp = with_model(sub.add_parser("ask", help="ask a question about one or more images"))
+    sp.add_argument("images", nargs="*", help="image paths or URLs (none: a text-only question)")
+    sp.add_argument("question")
+    sp.add_argument("--max-new-tokens", type=int, default=64)
+    sp.add_argument("--temperature", type=float, default=0.0)
+    sp.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    sp.add_argument("--usage", action="store_true", help="print token counts and speeds to stderr")
+    sp.set_defaults(func=cmd_ask)
+
+    sp = with_model(sub.add_parser("eval", help="exact-match accuracy on held-out shapes questions"))
+    sp.add_argument("--n", type=int, default=500, help="questions per family")
+    sp.add_argument("--families", default=None, help="comma-separated subset of question families")
+    sp.add_argument("--seed", type=int, default=7)
+    sp.add_argument("--batch-size", type=int, default=50)
+    sp.add_argument("--no-perturbed", action="store_true", help="skip the perturbed-scenes figure")
+    sp.add_argument("--show-mistakes", type=int, default=0, metavar="K", help="print up to K mistakes per family")
+    sp.add_argument("--json", default=None, help="also write the scores to this JSON file")
+    sp.add_argument("--strict", action="store_true", help="exit 1 if a bar is not met")
+    sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("train-tiny", help="train the tiny Idefics2 from scratch (CPU, tens of minutes)")
+    sp.add_argument("--out", default="runs/tiny")
+    sp.add_argument("--steps", type=int, default=12_000)
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--threads", type=int, default=2)
+    sp.set_defaults(func=cmd_train_tiny)
+
+    sub.add_parser("bench", help="measure speed, memory and quality (see: vlm-course bench --help)")
+    sub.add_parser("serve", help="OpenAI-compatible server (see: vlm-course serve --help)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv and argv[0] in FORWARDED:
+            import importlib
+
+            return importlib.import_module(FORWARDED[argv[0]], __package__).main(argv[1:]) or 0
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except VLMCourseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Load a vision-language model and its processor: the bundled tiny Idefics2 by default.
+
+One loader for every model: `load_vlm()` gives the tiny model shipped with the package,
+`load_vlm("HuggingFaceM4/idefics2-8b")` (or VLM_COURSE_MODEL=...) the real one on a GPU. Nothing
+downstream forks on which one it got.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BackendError, ModelNotFoundError, missing_extra
+
+TINY_MODEL_DIR = Path(__file__).parent / "tiny" / "model"
+MODEL_ENV = "VLM_COURSE_MODEL"
+IDEFICS2_8B = "HuggingFaceM4/idefics2-8b"
+ATTENTION_BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class VLM:
+    """A loaded model with everything needed to talk to it."""
+
+    model: Any
+    processor: Any
+    name: str
+    device: Any
+    dtype: Any
+    attn: str
+    quant: str | None = None
+    load_seconds: float = 0.0
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    def __repr__(self) -> str:
+        quant = f", quant={self.quant}" if self.quant else ""
+        return f"VLM({self.name!r}, device={self.device}, dtype={self.dtype}, attn={self.attn}{quant})"
+
+
+def default_model_id() -> str:
+    """VLM_COURSE_MODEL if set, otherwise the bundled tiny model's directory."""
+    return os.environ.get(MODEL_ENV) or str(TINY_MODEL_DIR)
+
+
+def pick_device(device: str | None = None):
+    """cuda > mps > cpu unless a device is given."""
+    import torch
+
+    if device:
+        try:
+            return torch.device(device)
+        except RuntimeError as e:
+            raise BackendError(f"Unknown device {device!r} ({e}). Use 'cpu', 'cuda', 'cuda:0' or 'mps'.") from None
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: Any, device) -> Any:
+    """'auto': bfloat16 on a GPU that supports it, float16 on other GPUs and MPS, float32 on the CPU."""
+    import torch
+
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in DTYPES or dtype in ("fp32", "bf16", "fp16"):
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype) or getattr(torch, dtype)
+    raise BackendError(f"Unknown dtype {dtype!r}. Use 'auto', 'float32', 'bfloat16' or 'float16'.")
+
+
+def available_attention(device) -> list[str]:
+    """Attention backends that can run here, best first."""
+    import torch
+
+    found = []
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        found.append("flash_attention_2")
+    found.append("sdpa")
+    if hasattr(torch.nn.attention, "flex_attention"):
+        found.append("flex_attention")
+    found.append("eager")
+    return found
+
+
+def resolve_attention(attn: str | None, device) -> str:
+    """'auto' picks the best available backend; an explicit one that cannot run here is an error."""
+    available = available_attention(device)
+    if attn in (None, "auto"):
+        return available[0]
+    if attn not in ATTENTION_BACKENDS:
+        raise BackendError(f"Unknown attention backend {attn!r}. Choose one of: auto, {', '.join(ATTENTION_BACKENDS)}.")
+    if attn not in available:
+        why = ("it needs a CUDA GPU and the flash-attn package (pip install flash-attn)"
+               if attn == "flash_attention_2" else "this torch build does not provide it")
+        raise BackendError(f"Attention backend {attn!r} is not available here: {why}. "
+                           f"Available: {', '.join(available)} (or attn='auto').")
+    return attn
+
+
+# name -> (package to import, extra, builder of the transformers quantization config)
+QUANT_METHODS = ("bnb-8bit", "bnb-4bit", "quanto-int8", "quanto-int4", "quanto-float8", "torchao-int8")
+
+
+def quantization_config(quant: str | None, dtype=None):
+    """The transformers quantization config for a method name (see QUANT_METHODS), or None."""
+    if quant in (None, "none"):
+        return None
+    if quant not in QUANT_METHODS:
+        raise BackendError(f"Unknown quantization {quant!r}. Choose one of: {', '.join(QUANT_METHODS)}.")
+    if quant.startswith("bnb"):
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise missing_extra("bitsandbytes", "quant")
+        from transformers import BitsAndBytesConfig
+
+        if quant == "bnb-8bit":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    if quant.startswith("quanto"):
+        if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.quanto") is None:
+            raise missing_extra("optimum-quanto", "quant")
+        from transformers import QuantoConfig
+
+        return QuantoConfig(weights=quant.split("-")[1])
+    if importlib.util.find_spec("torchao") is None:
+        raise missing_extra("torchao", "quant")
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(Int8WeightOnlyConfig())
+
+
+def _is_local(model_id: str) -> bool:
+    """A path (it exists, or looks like one) rather than a hub id of the form 'name' or 'org/name'."""
+    return Path(model_id).expanduser().exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+
+
+def _check_reachable(model_id: str) -> None:
+    """Fail fast with a clear message when a hub id is neither cached nor downloadable."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(model_id, local_files_only=True, allow_patterns=["config.json"])
+        return  # cached
+    except Exception:
+        pass
+    hint = (f"Use the bundled tiny model instead: load_vlm() with no model id (and unset {MODEL_ENV}), "
+            "or pass a local directory that holds a saved model.")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ModelNotFoundError(f"Model {model_id!r} is not in the local cache and HF_HUB_OFFLINE is set, "
+                                 f"so it cannot be downloaded. {hint}")
+    from huggingface_hub import model_info
+
+    try:
+        model_info(model_id, timeout=10)
+    except Exception as e:
+        raise ModelNotFoundError(f"Model {model_id!r} could not be found or reached on the Hugging Face hub "
+                                 f"({type(e).__name__}: {str(e)[:200]}). Check the id and your network. {hint}") from None
+
+
+def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", attn: str | None = "auto",
+             quant: str | None = None, device: str | None = None) -> VLM:
+    """Load a model and its processor.
+
+    model_id: a local directory or a hub id; default: VLM_COURSE_MODEL, else the bundled tiny model.
+    dtype: 'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16' or a torch dtype.
+    attn: 'auto' or one of ATTENTION_BACKENDS. quant: None or one of QUANT_METHODS.
+    device: None for cuda > mps > cpu, or e.g. 'cpu'.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    start = time.perf_counter()
+    model_id = str(model_id or default_model_id())
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    attn_impl = resolve_attention(attn, dev)
+    quant_config = quantization_config(quant, torch_dtype)
+    if _is_local(model_id):
+        path = Path(model_id).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"No model found at {str(path)!r}: the directory is missing or has no "
+                                     "config.json. Give a directory written by save_pretrained, a hub id, or "
+                                     "nothing for the bundled tiny model.")
+        model_id = str(path)
+    else:
+        _check_reachable(model_id)
+    kwargs = dict(dtype=torch_dtype, attn_implementation=attn_impl)
+    if quant_config is not None:
+        kwargs["quantization_config"] = quant_config
+        kwargs["device_map"] = str(dev)
+    try:
+        processor = AutoProcessor.from_pretrained(model_id)
+        model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
+    except OSError as e:
+        raise ModelNotFoundError(f"Could not load {model_id!r}: {e}") from None
+    except ImportError as e:
+        raise BackendError(f"Could not load {model_id!r} with attn={attn_impl!r}, quant={quant!r}: {e}") from None
+    if quant_config is None:
+        model.to(dev)
+    model.eval()
+    return VLM(model, processor, name=model_id if not model_id.startswith(str(TINY_MODEL_DIR)) else "tiny-idefics2",
+               device=dev, dtype=torch_dtype, attn=attn_impl, quant=quant,
+               load_seconds=time.perf_counter() - start)
