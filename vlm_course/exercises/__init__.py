@@ -1,0 +1,1 @@
+"""Checkers for the notebooks' exercises, one module per lesson."""
