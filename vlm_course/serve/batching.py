@@ -1,0 +1,264 @@
+"""Group concurrent requests into one batched `model.generate`: the server's throughput trick.
+
+One worker thread owns the model. Requests wait in a queue; the worker takes the first, then
+gathers more for up to `max_wait_ms` (at most `max_batch_size` in all, only requests that can share
+one generate: same sampling settings), and runs one left-padded generate for the group
+(`chat.prepare` pads). Each row keeps its own `max_new_tokens`, stop strings, logit bias and cancel
+flag: a per-row stopping criterion ends a row early, and the whole generate ends when every row is
+done or cancelled. The same criterion sees every new token, so it also fans tokens out to each
+request as text pieces (streaming and non-streaming requests share one code path).
+
+Greedy rows give the same text as `chat.generate` on the same conversation (left padding does not
+change a row's tokens); the tests check this.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from ..chat import Usage, _cut_at_stop, _end_ids, _finish, generation_options, prepare
+from ..errors import VLMCourseError
+
+
+@dataclass
+class Result:
+    text: str
+    finish_reason: str  # "stop", "length" or "cancelled"
+    usage: Usage
+
+
+@dataclass
+class Job:
+    """One request for the worker. `emit` receives ("delta", str), ("done", Result) or ("error", exc, status)."""
+
+    conversation: list[dict]
+    emit: Callable[[tuple], None]
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: Optional[int] = None
+    stops: Optional[list[str]] = None
+    logit_bias: Optional[dict[int, float]] = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    def group_key(self) -> tuple:
+        """Jobs with equal keys can share one generate. Greedy jobs always can; a seeded job runs alone
+        so that its random numbers are its own (the same as chat.generate with that seed)."""
+        if self.temperature == 0:
+            return ("greedy",)
+        return ("sample", self.temperature, self.top_p, self.seed, id(self) if self.seed is not None else None)
+
+
+class _Row:
+    """The worker's view of one job inside a running generate."""
+
+    def __init__(self, vlm, job: Job, prompt_tokens: int):
+        self.vlm, self.job, self.prompt_tokens = vlm, job, prompt_tokens
+        self.ids: list[int] = []
+        self.sent = ""  # text already handed to the client
+        self.first: Optional[float] = None
+        self.done = False
+        self.cancelled = False
+
+    def take(self, token_id: int, end_ids: set[int]) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.ids.append(token_id)
+        if token_id in end_ids:
+            self.finish()
+            return
+        text = self.vlm.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        stopped = False
+        if not text.endswith("\ufffd"):  # half a multi-byte character: wait for the rest
+            text, stopped = _cut_at_stop(text, self.job.stops)
+            if text.startswith(self.sent) and len(text) > len(self.sent):
+                self.job.emit(("delta", text[len(self.sent):]))
+                self.sent = text
+        if stopped or len(self.ids) >= self.job.max_new_tokens:
+            self.finish()
+        elif self.job.cancel.is_set():
+            self.finish(cancelled=True)
+
+    def finish(self, cancelled: bool = False) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.cancelled = cancelled
+        ids, text, reason = _finish(self.vlm, self.ids, self.job.max_new_tokens, self.job.stops)
+        if cancelled:
+            reason = "cancelled"
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            self.job.emit(("delta", text[len(self.sent):]))
+        now = time.perf_counter()
+        # Times count from the moment the request was queued: what the client waited.
+        ttft = self.first - self.job.enqueued if self.first is not None else None
+        usage = Usage(self.prompt_tokens, len(ids), now - self.job.enqueued, ttft)
+        self.job.emit(("done", Result(text, reason, usage)))
+
+
+class _FanOut(StoppingCriteria):
+    """Called by generate after every step with all rows' tokens: hands each live row its token and
+    reports which rows are finished (their own limit, a stop string, end of turn, or cancelled)."""
+
+    def __init__(self, rows: list[_Row], end_ids: set[int], prompt_len: int):
+        self.rows, self.end_ids, self.prompt_len = rows, end_ids, prompt_len
+
+    def __call__(self, input_ids, scores, **kwargs):
+        last = input_ids[:, -1].tolist()
+        for row, token in zip(self.rows, last):
+            if not row.done:
+                if row.job.cancel.is_set():
+                    row.finish(cancelled=True)
+                else:
+                    row.take(token, self.end_ids)
+        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+
+class _RowBias(LogitsProcessor):
+    """OpenAI's logit_bias, one bias table per row."""
+
+    def __init__(self, biases: list[Optional[dict[int, float]]]):
+        self.biases = biases
+
+    def __call__(self, input_ids, scores):
+        for row, bias in enumerate(self.biases):
+            for token, value in (bias or {}).items():
+                scores[row, token] += value
+        return scores
+
+
+class Batcher:
+    """The worker thread and its queue. `submit(job)` from any thread; `close()` to stop."""
+
+    def __init__(self, vlm, max_batch_size: int = 8, max_wait_ms: float = 10.0):
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self.vlm = vlm
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000
+        self._queue: queue.Queue = queue.Queue()
+        self._backlog: collections.deque[Job] = collections.deque()  # taken from the queue, not yet run
+        self._end_ids = _end_ids(vlm)
+        self.stats = {"requests": 0, "batches": 0, "rows": 0, "largest_batch": 0, "cancelled": 0,
+                      "cancelled_tokens": [], "active": 0}
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="vlm-course-batcher")
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        if self._closed:
+            raise RuntimeError("the batcher is closed")
+        self.stats["requests"] += 1
+        self._queue.put(job)
+
+    def close(self, timeout: float = 30) -> None:
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _next(self, timeout: Optional[float]) -> Optional[Job]:
+        if self._backlog:
+            return self._backlog.popleft()
+        return self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+
+    def _gather(self) -> tuple[list[Job], bool]:
+        first = self._next(None)
+        if first is None:
+            return [], True
+        group, key, stop = [first], first.group_key(), False
+        # Compatible jobs already waiting in the backlog join first.
+        for job in list(self._backlog):
+            if len(group) < self.max_batch_size and job.group_key() == key:
+                self._backlog.remove(job)
+                group.append(job)
+        deadline = time.perf_counter() + self.max_wait
+        while len(group) < self.max_batch_size:
+            try:
+                job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                break
+            if job is None:
+                stop = True
+                break
+            if job.group_key() == key:
+                group.append(job)
+            else:
+                self._backlog.append(job)
+        return group, stop
+
+    def _loop(self) -> None:
+        while True:
+            group, stop = self._gather()
+            live = []
+            for job in group:
+                if job.cancel.is_set():  # the client left while waiting in the queue
+                    self.stats["cancelled"] += 1
+                else:
+                    live.append(job)
+            if live:
+                self._run(live)
+            if stop:
+                break
+        leftovers = list(self._backlog)
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                leftovers.append(job)
+        for job in leftovers:
+            job.emit(("error", RuntimeError("the server is shutting down; retry later"), 503))
+
+    def _run(self, group: list[Job]) -> None:
+        try:
+            inputs = prepare(self.vlm, [job.conversation for job in group])
+        except VLMCourseError as e:
+            if len(group) > 1:  # find the culprit: run each alone
+                for job in group:
+                    self._run([job])
+            else:
+                group[0].emit(("error", e, 400))
+            return
+        except Exception as e:  # noqa: BLE001 - never let the worker die
+            for job in group:
+                job.emit(("error", e, 500))
+            return
+        first = group[0]
+        rows = [_Row(self.vlm, job, int(inputs["attention_mask"][i].sum())) for i, job in enumerate(group)]
+        self.stats["batches"] += 1
+        self.stats["rows"] += len(group)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
+        self.stats["active"] = len(group)
+        try:
+            kwargs = generation_options(self.vlm, max_new_tokens=max(j.max_new_tokens for j in group),
+                                        temperature=first.temperature, top_p=first.top_p, seed=first.seed)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_FanOut(rows, self._end_ids, inputs["input_ids"].shape[1])])
+            if any(j.logit_bias for j in group):
+                kwargs["logits_processor"] = LogitsProcessorList([_RowBias([j.logit_bias for j in group])])
+            with torch.no_grad():
+                self.vlm.model.generate(**inputs, **kwargs)
+            for row in rows:  # rows the group's token limit ended
+                row.finish(cancelled=row.job.cancel.is_set())
+        except Exception as e:  # noqa: BLE001 - a failed generate fails its rows, not the server
+            for row in rows:
+                if not row.done:
+                    row.done = True
+                    row.job.emit(("error", e, 500))
+        finally:
+            self.stats["active"] = 0
+            for row in rows:
+                if row.cancelled:
+                    self.stats["cancelled"] += 1
+                    self.stats["cancelled_tokens"] = (self.stats["cancelled_tokens"] + [len(row.ids)])[-20:]
