@@ -19,11 +19,12 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from .errors import GenerationError, VLMCourseError
+from .errors import GenerationError, MessagesError, VLMCourseError
 from .images import load_image
 from .messages import assistant, image_sources, user, validate  # noqa: F401  (re-exported for learners)
 
 MAX_NEW_TOKENS_LIMIT = 4096
+IMAGE_TOKEN = "<image>"
 
 
 @dataclass
@@ -77,22 +78,68 @@ def render_prompt(vlm, messages, add_generation_prompt: bool = True) -> str:
     return vlm.processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
 
 
-def prepare(vlm, conversations: Sequence[list[dict]], padding_side: str = "left"):
-    """Validate conversations, load their images, and turn them into model inputs on the model's device."""
+def prepare(vlm, conversations: Sequence[list[dict]], padding_side: str = "left", processor=None):
+    """Validate conversations, load their images, and turn them into model inputs on the model's device.
+
+    `processor` replaces vlm.processor (e.g. one with image splitting switched on)."""
+    processor = processor or vlm.processor
     conversations = [validate(c) for c in conversations]
-    texts = [vlm.processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
+    texts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
     images = [[load_image(src) for src in image_sources(c)] for c in conversations]
+    for i, (text, imgs) in enumerate(zip(texts, images)):
+        _check_placeholders(text, len(imgs), where=f"conversation {i}" if len(texts) > 1 else "the conversation")
     kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True, "padding_side": padding_side}
     if any(images):
         kwargs["images"] = images
     try:
-        inputs = vlm.processor(**kwargs)
+        inputs = processor(**kwargs)
     except ValueError as e:  # e.g. an image the processor cannot handle
         raise GenerationError(f"The processor refused these inputs: {e}") from None
     inputs = inputs.to(vlm.device)
     if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
         inputs["pixel_values"] = inputs["pixel_values"].to(vlm.model.dtype)
     return inputs
+
+
+def count_tokens(vlm, messages: list[dict], processor=None) -> dict:
+    """What the model reads for a conversation: its input_ids split into text, image and fake tokens.
+
+    One <image> placeholder becomes <fake_token_around_image> + image_seq_len <image> tokens +
+    <fake_token_around_image> (adjacent images share a fake token); with image splitting, 5 such blocks.
+    """
+    processor = processor or vlm.processor
+    inputs = prepare(vlm, [messages], processor=processor)
+    ids = inputs["input_ids"][0].tolist()
+    tok = vlm.tokenizer
+    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    fake_id = tok.convert_tokens_to_ids("<fake_token_around_image>")
+    n_images = len(image_sources(validate(messages)))
+    image_tokens, fake_tokens = ids.count(image_id), ids.count(fake_id)
+    return {"images": n_images, "image_seq_len": processor.image_seq_len,
+            "image_splitting": bool(processor.image_processor.do_image_splitting),
+            "prompt_tokens": len(ids), "image_tokens": image_tokens, "fake_tokens": fake_tokens,
+            "text_tokens": len(ids) - image_tokens - fake_tokens,
+            "image_tokens_per_image": image_tokens / n_images if n_images else 0,
+            "pixel_values_shape": tuple(inputs["pixel_values"].shape) if "pixel_values" in inputs else None}
+
+
+def splitting_processor(vlm):
+    """A copy of the model's processor with image splitting on: each image becomes 4 crops + the original."""
+    import copy
+
+    processor = copy.deepcopy(vlm.processor)
+    processor.image_processor.do_image_splitting = True
+    return processor
+
+
+def _check_placeholders(prompt: str, n_images: int, where: str) -> None:
+    """The processor pairs the k-th <image> in the prompt with the k-th image: their numbers must agree."""
+    n_placeholders = prompt.count(IMAGE_TOKEN)
+    if n_placeholders != n_images:
+        raise MessagesError(
+            f"{where.capitalize()} renders {n_placeholders} {IMAGE_TOKEN} placeholder(s) for {n_images} image(s). "
+            "Each image part becomes exactly one placeholder: put every image in the messages as "
+            "{'type': 'image', 'image': ...} and do not type <image> yourself.")
 
 
 def generation_options(vlm, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
@@ -204,24 +251,21 @@ def _generate(vlm, conversations, options, clock_first_token: bool) -> list[Repl
     return replies
 
 
-class _Cancelled(Exception):
-    pass
-
-
 class _QueueStreamer(BaseStreamer):
-    """Hands each new token id from generate's thread to the consumer."""
+    """Hands each new token id from generate's thread to the consumer, and counts them."""
 
-    def __init__(self, q: queue.Queue, cancel: threading.Event):
-        self.q, self.cancel, self.prompt_seen = q, cancel, False
+    def __init__(self, q: queue.Queue):
+        self.q, self.prompt_seen, self.tokens = q, False, 0
 
     def put(self, value):
         if not self.prompt_seen:  # generate first puts the whole prompt
             self.prompt_seen = True
             return
+        self.tokens += 1
         self.q.put(("token", int(value.reshape(-1)[0])))
 
     def end(self):
-        self.q.put(("end", None))
+        pass  # the thread itself reports the end, after generate has returned (see Stream._run)
 
 
 class _StopWhenCancelled(StoppingCriteria):
@@ -232,11 +276,46 @@ class _StopWhenCancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class _IncrementalDecoder:
+    """Turns token ids into text one at a time in O(1) per token (decoding the whole reply each time is O(n^2)).
+
+    It decodes a short window of recent ids and returns only the new characters; a window ending in
+    half a multi-byte character (U+FFFD) waits for the next token.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.prefix, self.read = tokenizer, [], 0, 0
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        before = decode(self.ids[self.prefix:self.read])
+        after = decode(self.ids[self.prefix:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before):]
+
+
+def _held_back(text: str, stops) -> int:
+    """How many trailing characters to hold back: whitespace (the reply is stripped at the end) and any
+    start of a stop string (it may yet complete, and then the text is cut before it)."""
+    keep = len(text.rstrip())
+    hold = len(text) - keep
+    for s in stops or []:
+        for k in range(min(len(s) - 1, keep), 0, -1):
+            if text[:keep].endswith(s[:k]):
+                hold = max(hold, len(text) - keep + k)
+                break
+    return hold
+
+
 class Stream:
     """An iterator of text pieces as the model produces them; see `stream`.
 
-    After the loop: `.text` (all pieces joined, equal to generate's text), `.usage`, `.finish_reason`.
-    `.close()` (or breaking out of a `with` block) stops generation.
+    After the loop: `.text` (all pieces joined, equal to generate's text), `.usage`, `.finish_reason`,
+    `.token_ids`. `.close()` (or leaving a `with` block) stops generation; `.tokens_generated` says how
+    many tokens the model produced.
     """
 
     def __init__(self, vlm, messages: list[dict], options: dict):
@@ -245,100 +324,106 @@ class Stream:
         self.inputs = prepare(vlm, [messages])  # bad messages or images fail here, before any thread
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
-        self.text = ""
-        self._ids: list[int] = []
+        self.text = ""  # what has been handed out so far
+        self.token_ids: list[int] = []
+        self._stops = self.kwargs.get("stop_strings")
+        self._ends = _end_ids(vlm)
+        self._decoder = _IncrementalDecoder(vlm.tokenizer)
+        self._raw = ""  # everything decoded so far, before stripping and stop strings
         self._queue: queue.Queue = queue.Queue()
         self._cancel = threading.Event()
+        self._streamer = _QueueStreamer(self._queue)
         self._done = False
+        self._ended = False  # saw an end token: later tokens (other rows, none here) are ignored
         self._start = time.perf_counter()
         self._first: float | None = None
+        self.token_times: list[float] = []  # seconds from the call to each token's arrival here
         self._thread = threading.Thread(target=self._run, daemon=True, name="vlm-course-stream")
         self._thread.start()
 
+    @property
+    def tokens_generated(self) -> int:
+        return self._streamer.tokens
+
     def _run(self):
         kwargs = dict(self.kwargs)
-        kwargs["streamer"] = _QueueStreamer(self._queue, self._cancel)
+        kwargs["streamer"] = self._streamer
         kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenCancelled(self._cancel)])
         try:
             with torch.no_grad():
                 self.vlm.model.generate(**self.inputs, **kwargs)
         except BaseException as e:  # hand every failure to the consumer, never die silently
             self._queue.put(("error", e))
+        else:
+            self._queue.put(("end", None))
+        # Either way the queue gets a last message, so the consumer can block on it without a timeout:
+        # a long prefill is waited for, a failure arrives at once.
 
     def __iter__(self) -> Iterator[str]:
         return self
 
     def __next__(self) -> str:
         while not self._done:
-            kind, value = self._get()
+            kind, value = self._queue.get()
             if kind == "token":
+                now = time.perf_counter()
                 if self._first is None:
-                    self._first = time.perf_counter()
+                    self._first = now
+                self.token_times.append(now - self._start)
                 piece = self._add(value)
                 if piece:
                     return piece
             elif kind == "error":
-                self._finish_up()
+                self._done = True
+                self._thread.join()
                 raise GenerationError(f"Generation failed: {type(value).__name__}: {value}") from value
             else:
-                self._finish_up()
+                self._done = True
+                self._thread.join()
                 tail = self._flush()
                 if tail:
                     return tail
         raise StopIteration
 
-    def _get(self):
-        # Wait as long as generation runs (a long prefill is not an error), but notice a dead thread.
-        while True:
-            try:
-                return self._queue.get(timeout=0.5)
-            except queue.Empty:
-                if not self._thread.is_alive() and self._queue.empty():
-                    return ("error", RuntimeError("the generation thread ended without finishing the stream"))
-
-    def _decoded(self, ids) -> str:
-        text = self.vlm.tokenizer.decode(ids, skip_special_tokens=True)
-        return text.lstrip()
-
     def _add(self, token_id: int) -> str:
-        """Take one token; return the new text it completes (held back while a character is incomplete)."""
-        if token_id in _end_ids(self.vlm):
-            self._ids.append(token_id)
+        """Take one token; return the new text it makes safe to show ("" while held back)."""
+        if self._ended:
             return ""
-        self._ids.append(token_id)
-        text = self._decoded(self._ids)
-        if text.endswith("\ufffd"):  # half a multi-byte character: wait for the rest
+        self.token_ids.append(token_id)
+        if token_id in self._ends:
+            self._ended = True
             return ""
-        return self._emit(text)
-
-    def _emit(self, full: str) -> str:
-        stops = self.kwargs.get("stop_strings")
-        full, stopped = _cut_at_stop(full, stops)
+        self._raw += self._decoder.add(token_id)
+        visible = self._raw.lstrip()
+        visible, stopped = _cut_at_stop(visible, self._stops)
         if stopped:
             self._cancel.set()
-        piece = full[len(self.text):] if full.startswith(self.text) else ""
-        self.text = full if full.startswith(self.text) else self.text
+            visible = visible.rstrip()
+        else:
+            visible = visible[: len(visible) - _held_back(visible, self._stops)].rstrip()
+        if len(visible) <= len(self.text):
+            return ""
+        piece = visible[len(self.text):]
+        self.text = visible
         return piece
 
     def _flush(self) -> str:
-        new_ids, text, reason = _finish(self.vlm, self._ids, self.kwargs["max_new_tokens"], self.kwargs.get("stop_strings"))
-        self.finish_reason = reason
-        self._ids = new_ids
-        piece = text[len(self.text):] if text.startswith(self.text) else ""
-        self.text = text
+        """The end: the final text exactly as generate would make it, and whatever of it was held back."""
+        new_ids, text, reason = _finish(self.vlm, self.token_ids, self.kwargs["max_new_tokens"], self._stops)
+        self.finish_reason, self.token_ids = reason, new_ids
+        if not text.startswith(self.text):  # cannot happen unless decoding is not prefix-stable
+            raise GenerationError(f"Internal error: streamed text {self.text!r} is not a prefix of the reply {text!r}.")
+        piece, self.text = text[len(self.text):], text
         seconds = time.perf_counter() - self._start
         ttft = self._first - self._start if self._first else None
         self.usage = Usage(int(self.inputs["attention_mask"][0].sum()), len(new_ids), seconds, ttft)
         return piece
 
-    def _finish_up(self):
-        self._done = True
-
     def close(self) -> None:
-        """Stop generation now; the thread ends at its next token."""
+        """Stop generation now: the thread stops at its next token, and this waits for it to end."""
         self._cancel.set()
         self._done = True
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=60)
 
     def __enter__(self):
         return self
@@ -346,18 +431,20 @@ class Stream:
     def __exit__(self, *exc):
         self.close()
 
-    def __del__(self):
-        self._cancel.set()
+    def __del__(self):  # a stream dropped half-read stops its thread too
+        cancel = getattr(self, "_cancel", None)
+        if cancel is not None:
+            cancel.set()
 
 
 def stream(vlm, messages: list[dict], **options) -> Stream:
-    """Generate a reply as text pieces while the model produces them (no sleeps, no polling delay).
+    """Generate a reply as text pieces while the model produces them (no sleeps, no polling).
 
         s = stream(vlm, conversation)
         for piece in s: print(piece, end="")
         s.usage.time_to_first_token
 
     Special tokens never appear; the pieces join to exactly `generate(...).text`. An error in
-    generation is raised by the loop; `s.close()` stops generation.
+    generation is raised by the loop as GenerationError; `s.close()` stops generation.
     """
     return Stream(vlm, messages, options)

@@ -83,7 +83,7 @@ def _part(part: Any, where: str, role: str) -> dict:
     kind = part["type"]
     if kind == "text":
         text = part.get("text")
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or (not text.strip() and role != "assistant"):  # a model may say nothing
             raise MessagesError(f"{where} is a text part with no text; give it a non-empty 'text' string.")
         for token in RESERVED:
             if token in text:

@@ -1,0 +1,123 @@
+"""generate and generate_batch on the real tiny Idefics2: answers, decoding, options, batching, the pipeline."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from vlm_course.chat import generate, generate_batch, prepare, render_prompt
+from vlm_course.chat_bench import bench_conversations
+from vlm_course.errors import GenerationError, MessagesError
+from vlm_course.messages import assistant, user
+from vlm_course.shapes import make_sample, random_scene
+
+
+def test_answers_match_the_scenes(vlm):
+    """The bundled model describes scenes correctly (it is trained to ~99%; allow one slip in ten)."""
+    right = []
+    for seed in range(10):
+        scene = random_scene(seed)
+        reply = generate(vlm, [user(scene.draw(), "What do we see in this image?")])
+        right.append(reply.text == scene.describe())
+    assert sum(right) >= 9, right
+
+
+def test_reply_is_only_the_new_tokens(vlm):
+    scene, other = random_scene(11), random_scene(12)
+    msgs = [user(scene.draw(), "What do we see in this image?"), assistant(scene.describe()),
+            user("And how about this image?", other.draw())]
+    reply = generate(vlm, msgs, max_new_tokens=40)
+    inputs = prepare(vlm, [msgs])
+    assert reply.usage.prompt_tokens == inputs["input_ids"].shape[1]
+    assert reply.finish_reason == "stop"
+    assert reply.token_ids[-1] == vlm.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    assert reply.usage.completion_tokens == len(reply.token_ids)
+    for leak in ("User", "Assistant", "And how about", "<", scene.describe()):
+        assert leak not in reply.text or leak == other.describe()
+    assert reply.text == vlm.tokenizer.decode(reply.token_ids, skip_special_tokens=True).strip()
+
+
+def test_trap_decoding_the_whole_output_repeats_the_prompt(vlm):
+    """The trap: decode(output) starts with the prompt, and its text is not the template's string
+    (image tokens expanded, special tokens skipped), so cutting by string length goes wrong."""
+    msgs = [user(random_scene(5).draw(), "What do we see in this image?")]
+    inputs = prepare(vlm, [msgs])
+    with torch.no_grad():
+        output = vlm.model.generate(**inputs, max_new_tokens=20, do_sample=False)
+    whole = vlm.tokenizer.decode(output[0], skip_special_tokens=True)
+    assert "What do we see in this image?" in whole
+    prompt = render_prompt(vlm, msgs)
+    assert whole[len(prompt):].strip() != generate(vlm, msgs, max_new_tokens=20).text
+    by_count = vlm.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert by_count == generate(vlm, msgs, max_new_tokens=20).text
+
+
+def test_length_stop_and_options(vlm):
+    scene = random_scene(21)
+    msgs = [user(scene.draw(), "Describe this image in detail.")]
+    short = generate(vlm, msgs, max_new_tokens=2)
+    assert short.finish_reason == "length" and short.usage.completion_tokens == 2
+    full = generate(vlm, msgs, max_new_tokens=80)
+    assert full.finish_reason == "stop"
+    assert full.text.count(".") >= 2  # several sentences
+    cut = full.text.split(".")[0] + "."
+    stopped = generate(vlm, msgs, max_new_tokens=80, stop=full.text[len(cut):len(cut) + 4])
+    assert stopped.text == cut.strip() and stopped.finish_reason == "stop"
+    assert stopped.usage.completion_tokens < full.usage.completion_tokens
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": 2.5}, "max_new_tokens"),
+    ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"stop": [""]}, "stop"),
+])
+def test_bad_options_are_explained(vlm, options, needle):
+    with pytest.raises(GenerationError, match=needle):
+        generate(vlm, [user("What do we see in this image?")], **options)
+
+
+def test_sampling_is_reproducible_with_a_seed(vlm):
+    msgs = [user(random_scene(2).draw(), "Describe this image in detail.")]
+    a = generate(vlm, msgs, temperature=1.5, seed=7, max_new_tokens=30)
+    b = generate(vlm, msgs, temperature=1.5, seed=7, max_new_tokens=30)
+    assert a.token_ids == b.token_ids
+
+
+def test_batch_equals_one_at_a_time(vlm):
+    """Left padding, 1 or 2 images per conversation, multi-turn and long answers: the same greedy replies."""
+    conversations = bench_conversations(8, seed=3)
+    counts = {sum(p["type"] == "image" for m in c for p in m["content"]) for c in conversations}
+    assert counts == {1, 2}
+    batch = generate_batch(vlm, conversations, max_new_tokens=48)
+    singles = [generate(vlm, c, max_new_tokens=48) for c in conversations]
+    assert [r.text for r in batch] == [r.text for r in singles]
+    assert [r.token_ids for r in batch] == [r.token_ids for r in singles]
+    assert [r.usage.prompt_tokens for r in batch] == [r.usage.prompt_tokens for r in singles]
+
+
+def test_batch_pads_on_the_left(vlm):
+    short = [user(random_scene(1).draw(), "What do we see?")]
+    long = make_sample("multi_turn", random.Random(1)).prompt
+    inputs = prepare(vlm, [short, long])
+    mask = inputs["attention_mask"]
+    assert mask[0, 0] == 0 and mask[0, -1] == 1 and mask[1].all()
+    assert inputs["input_ids"][0, 0] == vlm.tokenizer.pad_token_id
+
+
+def test_batch_input_mistakes(vlm):
+    assert generate_batch(vlm, []) == []
+    with pytest.raises(GenerationError, match="list of conversations"):
+        generate_batch(vlm, [user("What do we see?")])
+    with pytest.raises(MessagesError, match="conversation 1|plain-string"):
+        generate_batch(vlm, [[user("What do we see?")], [{"role": "user", "content": "hi"}]])
+
+
+def test_pipeline_gives_the_same_answer(vlm):
+    from transformers import pipeline
+
+    pipe = pipeline("image-text-to-text", model=vlm.model, processor=vlm.processor)
+    scene = random_scene(4)
+    msgs = [user(scene.draw(), "What do we see in this image?")]
+    out = pipe(text=msgs, max_new_tokens=30, return_full_text=False)
+    assert out[0]["generated_text"].strip() == generate(vlm, msgs, max_new_tokens=30).text

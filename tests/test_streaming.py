@@ -1,0 +1,184 @@
+"""stream(): pieces as they come, equal to generate, errors reach the consumer, close() stops the model."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from vlm_course.chat import _IncrementalDecoder, generate, stream
+from vlm_course.errors import GenerationError, MessagesError
+from vlm_course.messages import user
+from vlm_course.shapes import make_sample, random_scene
+
+SPECIAL = ("<image>", "<fake_token_around_image>", "<end_of_utterance>", "<pad>", "</s>", "<s>", "<unk>")
+
+
+def _conversations():
+    rng = random.Random(5)
+    return [[user(random_scene(31).draw(), "Describe this image in detail.")],
+            [user(random_scene(32).draw(), "What do we see in this image?")],
+            make_sample("multi_turn", rng).prompt, make_sample("two_images", rng).prompt,
+            [user("What is the capital of France?")]]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_pieces_join_to_exactly_what_generate_returns(vlm, index):
+    msgs = _conversations()[index]
+    reply = generate(vlm, msgs, max_new_tokens=60)
+    s = stream(vlm, msgs, max_new_tokens=60)
+    pieces = list(s)
+    assert "".join(pieces) == reply.text == s.text
+    assert all(pieces) and not any(tok in p for p in pieces for tok in SPECIAL)
+    assert s.finish_reason == reply.finish_reason
+    assert s.token_ids == reply.token_ids
+    assert s.usage.completion_tokens == reply.usage.completion_tokens
+    assert s.usage.prompt_tokens == reply.usage.prompt_tokens
+    assert 0 < s.usage.time_to_first_token <= s.usage.seconds
+    assert len(s.token_times) == s.tokens_generated >= len(reply.token_ids)
+
+
+def test_a_long_reply_arrives_in_many_pieces(vlm):
+    s = stream(vlm, _conversations()[0], max_new_tokens=80)
+    pieces = list(s)
+    assert len(pieces) >= 5
+    assert s.usage.decode_tokens_per_second and s.usage.decode_tokens_per_second > 0
+    assert s.token_times == sorted(s.token_times)
+
+
+@pytest.mark.parametrize("cut", [4, 9, 15])
+def test_stop_strings_stream_like_generate(vlm, cut):
+    msgs = _conversations()[0]
+    full = generate(vlm, msgs, max_new_tokens=60).text
+    stop = full[cut:cut + 5]
+    reply = generate(vlm, msgs, max_new_tokens=60, stop=stop)
+    s = stream(vlm, msgs, max_new_tokens=60, stop=stop)
+    assert "".join(s) == reply.text
+    assert stop not in reply.text and s.finish_reason == reply.finish_reason == "stop"
+
+
+def test_length_limit_streams_like_generate(vlm):
+    msgs = _conversations()[0]
+    reply = generate(vlm, msgs, max_new_tokens=7)
+    s = stream(vlm, msgs, max_new_tokens=7)
+    assert "".join(s) == reply.text and s.finish_reason == reply.finish_reason == "length"
+
+
+def test_incremental_decoding_equals_decoding_everything(vlm):
+    tok = vlm.tokenizer
+    for text in ("a red circle and a blue square.", "There are three shapes. A green triangle is on the left.",
+                 "Café, naïve, 日本 and 🙂 emoji", "  spaces   and\nnew lines "):
+        ids = tok.encode(text, add_special_tokens=False)
+        decoder = _IncrementalDecoder(tok)
+        assert "".join(decoder.add(i) for i in ids) == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_bad_messages_fail_at_the_call_not_in_a_thread(vlm):
+    with pytest.raises(MessagesError):
+        stream(vlm, [{"role": "user", "content": "hello"}])
+
+
+class _Hook:
+    """A forward hook on the real model, registered for one test and removed after it."""
+
+    def __init__(self, vlm, fn):
+        self.calls = 0
+        self.fn = fn
+        self.handle = vlm.model.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        self.calls += 1
+        return self.fn(self.calls, output)
+
+    def remove(self):
+        self.handle.remove()
+
+
+def test_an_error_in_generation_reaches_the_consumer(vlm):
+    def fail_on_fourth_call(calls, output):
+        if calls == 4:
+            raise RuntimeError("boom in the model's forward pass")
+
+    hook = _Hook(vlm, fail_on_fourth_call)
+    try:
+        s = stream(vlm, _conversations()[0], max_new_tokens=60)
+        pieces = []
+        with pytest.raises(GenerationError, match="boom") as info:
+            for piece in s:
+                pieces.append(piece)
+        assert isinstance(info.value.__cause__, RuntimeError)
+        assert s.tokens_generated == 3  # forward calls 1-3 produced tokens, call 4 failed
+        assert not s._thread.is_alive()
+    finally:
+        hook.remove()
+    assert generate(vlm, _conversations()[0], max_new_tokens=60).text.startswith("".join(pieces))
+
+
+def test_an_error_during_prefill_is_raised_at_once(vlm):
+    def fail_first(calls, output):
+        raise ValueError("prefill failed")
+
+    hook = _Hook(vlm, fail_first)
+    try:
+        s = stream(vlm, _conversations()[1])
+        with pytest.raises(GenerationError, match="prefill failed"):
+            next(s)
+    finally:
+        hook.remove()
+
+
+def test_a_slow_prefill_is_waited_for_not_ended_early(vlm):
+    """No timeout in the consumer: a prefill slower than any polling interval still gives the whole reply."""
+    def slow_first(calls, output):
+        if calls == 1:
+            time.sleep(1.5)  # stands in for a big model's long prefill
+
+    msgs = _conversations()[1]
+    expected = generate(vlm, msgs).text
+    hook = _Hook(vlm, slow_first)
+    try:
+        s = stream(vlm, msgs)
+        assert "".join(s) == expected
+        assert s.usage.time_to_first_token >= 1.5
+    finally:
+        hook.remove()
+
+
+def _never_end(vlm):
+    end_ids = sorted({vlm.tokenizer.convert_tokens_to_ids("<end_of_utterance>"), vlm.tokenizer.eos_token_id})
+
+    def fn(calls, output):
+        output.logits[..., end_ids] = float("-inf")  # the model can never finish its turn
+    return fn
+
+
+def test_close_stops_generation(vlm):
+    max_new = 400
+    hook = _Hook(vlm, _never_end(vlm))
+    try:
+        s = stream(vlm, _conversations()[0], max_new_tokens=max_new)
+        first = next(s)
+        assert first
+        s.close()
+        assert not s._thread.is_alive()
+        produced = s.tokens_generated
+        assert produced < max_new // 4, produced
+        assert hook.calls <= produced + 1
+        with pytest.raises(StopIteration):
+            next(s)
+        # Without close(), the same stream really runs to max_new_tokens: the limit above means something.
+        s2 = stream(vlm, _conversations()[0], max_new_tokens=60)
+        assert sum(1 for _ in s2) > 0 and s2.tokens_generated == 60 and s2.finish_reason == "length"
+    finally:
+        hook.remove()
+
+
+def test_leaving_a_with_block_stops_generation(vlm):
+    hook = _Hook(vlm, _never_end(vlm))
+    try:
+        with stream(vlm, _conversations()[0], max_new_tokens=400) as s:
+            next(s)
+        assert not s._thread.is_alive() and s.tokens_generated < 100
+    finally:
+        hook.remove()
