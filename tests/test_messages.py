@@ -138,3 +138,47 @@ def test_history_refuses_turns_out_of_order_and_survives_a_failed_ask(vlm):
     with pytest.raises(VLMCourseError, match="does-not-exist.png"):  # a missing image: ImageError
         chat.ask(vlm, "/tmp/does-not-exist.png", "What do we see in this image?")
     assert len(chat) == 2
+
+
+# --- the exercises of lessons 01 and 02 -----------------------------------------------------------
+
+def test_lesson01_conversation_checker(vlm, capsys):
+    from vlm_course.exercises.lesson01 import check_conversation
+
+    image = random_scene(7).draw()
+    right = [{"role": "user", "content": [{"type": "image", "image": image},
+                                          {"type": "text", "text": "What do we see in this image?"}]}]
+    assert check_conversation(vlm, right, seed=7) is True
+    assert check_conversation(vlm, [{"role": "user", "content": "What do we see in this image?"}], seed=7) is False
+    assert "plain-string" in capsys.readouterr().out
+    wrong_image = [user(random_scene(8).draw(), "What do we see in this image?")]
+    assert check_conversation(vlm, wrong_image, seed=7) is (random_scene(8).describe() == random_scene(7).describe())
+    assert check_conversation(vlm, None, seed=7) is False
+
+
+def test_lesson01_image_token_checker(capsys):
+    from vlm_course.exercises.lesson01 import check_image_tokens
+
+    assert check_image_tokens(3 * 5 * 64) is True
+    assert check_image_tokens(3 * 64) is False
+    assert "5 blocks" in capsys.readouterr().out
+    assert check_image_tokens(2 * 64, images=2, splitting=False) is True
+    assert check_image_tokens("960") is False and check_image_tokens(None) is False
+
+
+def test_lesson02_history_checker(capsys):
+    from vlm_course.exercises.lesson02 import check_add_exchange
+
+    def right(history, question, image, reply_text):
+        return history + [user(image, question), assistant(reply_text)]
+
+    def buggy(history, question, image, reply_text):  # the public-demo bug
+        return history + [user(image, question), assistant(question)]
+
+    def crashes(history, question, image, reply_text):
+        raise KeyError("oops")
+
+    assert check_add_exchange(right) is True
+    assert check_add_exchange(buggy) is False
+    assert "well-known bug" in capsys.readouterr().out
+    assert check_add_exchange(crashes) is False and check_add_exchange(None) is False
