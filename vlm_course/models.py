@@ -7,7 +7,9 @@ downstream forks on which one it got.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -142,6 +144,39 @@ def quantization_config(quant: str | None, dtype=None):
     return TorchAoConfig(Int8WeightOnlyConfig())
 
 
+@contextlib.contextmanager
+def _torchao_quiet():
+    """Hide torchao's import-time log noise (CUDA kernels it cannot load on a CPU machine, torch.compile
+    deprecation notes); transformers imports torchao on every from_pretrained once it is installed."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def _quiet_quantization_warnings(quant: str | None) -> None:
+    """Drop the one message bitsandbytes 8-bit logs for every layer on every call (float32 inputs are
+    cast to float16); its other messages stay visible."""
+    if quant == "bnb-8bit":
+        logger = logging.getLogger("bitsandbytes.autograd._functions")
+        if not any(isinstance(f, _DropMessage) for f in logger.filters):
+            logger.addFilter(_DropMessage("MatMul8bitLt: inputs will be cast"))
+
+
 def _is_local(model_id: str) -> bool:
     """A path (it exists, or looks like one) rather than a hub id of the form 'name' or 'org/name'."""
     return Path(model_id).expanduser().exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
@@ -179,14 +214,17 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
     attn: 'auto' or one of ATTENTION_BACKENDS. quant: None or one of QUANT_METHODS.
     device: None for cuda > mps > cpu, or e.g. 'cpu'.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    with _torchao_quiet():  # transformers imports torchao when it is installed
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
     start = time.perf_counter()
     model_id = str(model_id or default_model_id())
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     attn_impl = resolve_attention(attn, dev)
-    quant_config = quantization_config(quant, torch_dtype)
+    with _torchao_quiet():
+        quant_config = quantization_config(quant, torch_dtype)
+    _quiet_quantization_warnings(quant)
     if _is_local(model_id):
         path = Path(model_id).expanduser()
         if not (path / "config.json").is_file():
@@ -202,7 +240,8 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
         kwargs["device_map"] = str(dev)
     try:
         processor = AutoProcessor.from_pretrained(model_id)
-        model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
+        with _torchao_quiet():
+            model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
     except OSError as e:
         raise ModelNotFoundError(f"Could not load {model_id!r}: {e}") from None
     except ImportError as e:
@@ -213,3 +252,23 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
     return VLM(model, processor, name=model_id if not model_id.startswith(str(TINY_MODEL_DIR)) else "tiny-idefics2",
                device=dev, dtype=torch_dtype, attn=attn_impl, quant=quant,
                load_seconds=time.perf_counter() - start)
+
+
+def save_vlm(vlm: VLM, directory: str | os.PathLike) -> Path:
+    """Save model and processor with save_pretrained, so that load_vlm(directory) reloads them.
+
+    bitsandbytes and torchao models save quantized and reload quantized. optimum-quanto models cannot
+    be saved through transformers (it refuses them): save the unquantized model and quantize on load.
+    """
+    path = Path(directory).expanduser()
+    if vlm.quant and vlm.quant.startswith("quanto"):
+        raise BackendError(f"A model quantized with optimum-quanto ({vlm.quant}) cannot be saved with save_pretrained: "
+                           "transformers refuses to serialize quanto weights. Save the unquantized model instead and "
+                           f"load it with load_vlm(path, quant={vlm.quant!r}), or use bnb-8bit, bnb-4bit or torchao-int8, "
+                           "which save and reload.")
+    try:
+        vlm.model.save_pretrained(path)
+    except (ValueError, NotImplementedError) as e:
+        raise BackendError(f"This model (quant={vlm.quant!r}) cannot be saved: {e}") from None
+    vlm.processor.save_pretrained(path)
+    return path
