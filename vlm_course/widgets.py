@@ -300,7 +300,8 @@ class ImageQAApp:
         text = s.text.strip() if not self._stopped.is_set() else self.answer.strip()
         self.answer = text
         if self._stopped.is_set():
-            self._finish_turn(text, with_image, None, f"Stopped: kept the {len(text)} characters written so far.")
+            n = s.tokens_generated
+            self._finish_turn(text, with_image, None, f"Stopped after {n} token{'' if n == 1 else 's'}.")
         else:
             u = s.usage
             self._finish_turn(text, with_image, None,
