@@ -16,25 +16,13 @@ PERTURBED_BAR = 0.95
 
 
 def cmd_info(args) -> int:
-    import platform
+    from .models import load_vlm
+    from .system import print_report
 
-    import torch
-    import transformers
-
-    from . import __version__
-    from .models import available_attention, default_model_id, load_vlm, pick_device
-
-    device = pick_device(args.device)
-    print(f"vlm-course    {__version__}")
-    print(f"python        {platform.python_version()}")
-    print(f"torch         {torch.__version__} (cuda available: {torch.cuda.is_available()})")
-    print(f"transformers  {transformers.__version__}")
-    print(f"device        {device}")
-    print(f"attention     {', '.join(available_attention(device))}")
-    print(f"model         {args.model or default_model_id()}")
+    print_report()
     vlm = load_vlm(args.model, device=args.device)
     params = sum(p.numel() for p in vlm.model.parameters())
-    print(f"loaded        {vlm!r}: {params:,} parameters in {vlm.load_seconds:.2f} s")
+    print(f"{'loaded':<24}{vlm!r}: {params:,} parameters in {vlm.load_seconds:.2f} s")
     return 0
 
 

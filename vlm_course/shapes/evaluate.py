@@ -62,7 +62,7 @@ def evaluate(vlm, families=None, n: int = 100, seed: int = EVAL_SEED, perturbed:
                 score.correct += ok
                 score.total += 1
                 if not ok:
-                    question = s.prompt[-1]["content"][-1].get("text", "")
+                    question = " ".join(p["text"] for p in s.prompt[-1]["content"] if p["type"] == "text")
                     score.mistakes.append((question, s.answer, r.text))
             bar.update(len(chunk))
         scores[family] = score

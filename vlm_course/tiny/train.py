@@ -128,16 +128,18 @@ def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bo
             history.append({"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)})
             bar.set_postfix(loss=f"{smoothed:.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            _save(model, processor, out, cfg, history, time.time() - start)
+            _save(model, processor, out, cfg, history, step + 1, time.time() - start)
     return out
 
 
-def _save(model, processor, out: Path, cfg: TrainConfig, history: list[dict], seconds: float) -> None:
+def _save(model, processor, out: Path, cfg: TrainConfig, history: list[dict], steps_done: int, seconds: float) -> None:
     processor.tokenizer.padding_side = "left"
     model.save_pretrained(out)
     processor.save_pretrained(out)
     processor.tokenizer.padding_side = "right"
-    record = {"config": asdict(cfg), "steps_done": history[-1]["step"] + 1 if history else 0,
-              "seconds": round(seconds, 1), "history": history}
-    (out / "training_log.json").write_text(json.dumps(record))
+    from .card import parameter_counts
+
+    record = {"config": asdict(cfg), "steps_done": steps_done,
+              "seconds": round(seconds, 1), "parameters": parameter_counts(model), "history": history}
+    (out / "training.json").write_text(json.dumps(record))
     plot_loss(history, out / "loss_curve.png")

@@ -1,0 +1,54 @@
+"""The vlm-course command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from vlm_course.shapes import random_scene
+
+BIN = Path(sys.executable).with_name("vlm-course")
+
+
+def run(*args, timeout=300):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_info_prints_versions_and_the_model():
+    out = run("info")
+    assert out.returncode == 0, out.stderr
+    for word in ("torch", "transformers", "device", "tiny-idefics2", "parameters"):
+        assert word in out.stdout
+
+
+def test_ask_answers_a_freshly_drawn_scene(tmp_path):
+    path = tmp_path / "scene.png"
+    drawn = run("draw", str(path), "--seed", "31")
+    assert drawn.returncode == 0 and path.is_file()
+    out = run("ask", str(path), "What do we see in this image?")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == random_scene(31).describe()
+
+
+def test_ask_streams_and_reports_usage(tmp_path):
+    path = tmp_path / "scene.png"
+    run("draw", str(path), "--seed", "32")
+    out = run("ask", str(path), "How many shapes are there?", "--stream", "--usage")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ["none.", "one.", "two.", "three."][len(random_scene(32).things)]
+    assert '"time_to_first_token"' in out.stderr
+
+
+def test_eval_prints_a_table():
+    out = run("eval", "--n", "4", "--families", "describe,count", "--no-perturbed")
+    assert out.returncode == 0, out.stderr
+    assert "describe" in out.stdout and "count" in out.stdout and "accuracy" in out.stdout
+
+
+def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
+    out = run("ask", str(tmp_path / "missing.png"), "What is this?")
+    assert out.returncode == 2
+    assert out.stderr.startswith("error:") and "Traceback" not in out.stderr

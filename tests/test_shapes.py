@@ -1,0 +1,101 @@
+"""The shapes world: scenes obey their rules, answers follow from the scene, evaluation is held out."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from vlm_course.shapes import COLOURS, FAMILIES, SHAPES, detailed_description, make_sample, random_scene
+from vlm_course.shapes.evaluate import eval_samples, normalise
+from vlm_course.shapes.world import POSITIONS, draw_scene, with_article
+
+
+def test_scenes_are_seeded_and_follow_the_rules():
+    assert random_scene(3) == random_scene(3)
+    assert random_scene(3) != random_scene(4)
+    counts = set()
+    for seed in range(300):
+        s = random_scene(seed)
+        counts.add(len(s.things))
+        cells = [(t.col, t.row) for t in s.things]
+        assert len(set(cells)) == len(cells), "two objects share a cell"
+        assert len({t.name for t in s.things}) == len(s.things), "the same coloured shape twice"
+        assert cells == sorted(cells), "not listed left to right, then top to bottom"
+        for t in s.things:
+            assert t.shape in SHAPES and t.colour in COLOURS
+            # the object lies inside its cell, so objects never overlap
+            for centre, r, cell in ((t.x, t.radius, t.col), (t.y, t.radius, t.row)):
+                assert cell / 3 <= centre - r and centre + r <= (cell + 1) / 3
+    assert counts == {1, 2, 3}
+
+
+def test_the_whole_world_occurs():
+    scenes = [random_scene(seed) for seed in range(500)]
+    assert any(len({t.shape for t in s.things}) < len(s.things) for s in scenes), "no repeated shape"
+    assert any(len({t.colour for t in s.things}) < len(s.things) for s in scenes), "no repeated colour"
+    positions = {t.position for s in scenes for t in s.things}
+    assert positions == {p for row in POSITIONS for p in row}
+    stacked = any(len({t.col for t in s.things}) < len(s.things) for s in scenes)
+    assert stacked, "no two objects in one column"
+
+
+def test_drawing_puts_the_right_colours_where_the_objects_are():
+    s = random_scene(11)
+    img = draw_scene(s, size=128)
+    assert img.size == (128, 128) and img.mode == "RGB"
+    for t in s.things:
+        assert img.getpixel((int(t.x * 128), int(t.y * 128))) == COLOURS[t.colour]
+    assert img.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_descriptions_follow_from_the_scene():
+    s = random_scene(5, n=3)
+    names = [with_article(t.name) for t in s.things]
+    assert s.describe() == f"{names[0]}, {names[1]} and {names[2]}."
+    text = detailed_description(s)
+    assert text.startswith("There are three shapes.")
+    for t in s.things:
+        assert f"{t.name} is {t.position}." in text
+    assert with_article("orange square") == "an orange square"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_makes_consistent_samples(family):
+    rng = random.Random(0)
+    for _ in range(50):
+        sample = make_sample(family, rng)
+        assert sample.messages[-1]["role"] == "assistant"
+        assert sample.messages[-1]["content"][0]["text"] == sample.answer
+        assert sample.prompt[-1]["role"] == "user"
+        assert len(sample.images) == sum(p["type"] == "image" for m in sample.messages for p in m["content"])
+
+
+def test_answers_are_right_for_the_scene():
+    rng = random.Random(1)
+    for _ in range(200):
+        sample = make_sample("count", rng)
+        q = sample.prompt[-1]["content"][-1]["text"]
+        things = sample.scenes[0].things
+        if q.startswith("How many shapes") or q.startswith("How many objects"):
+            n = len(things)
+        elif any(q == f"How many {shape}s are there?" for shape in SHAPES):
+            n = sum(f"{t.shape}s" in q for t in things)
+        else:
+            n = sum(q == f"How many {t.colour} shapes are there?" for t in things)
+        assert sample.answer == ["none.", "one.", "two.", "three."][n]
+
+
+def test_evaluation_sets_are_fixed_and_unlike_training():
+    a = eval_samples("describe", 20)
+    b = eval_samples("describe", 20)
+    assert [s.answer for s in a] == [s.answer for s in b]
+    assert [s.answer for s in eval_samples("describe", 20, perturbed=True)] != [s.answer for s in a]
+    unknown = eval_samples("unknown", 30)
+    assert all(s.answer == "I only know about shapes." for s in unknown)
+    assert normalise("  a red  circle. ") == "a red circle."
+
+
+def test_unknown_family_raises_clearly():
+    with pytest.raises(ValueError, match="unknown question family"):
+        make_sample("colours", random.Random(0))

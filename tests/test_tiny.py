@@ -1,0 +1,74 @@
+"""The tiny Idefics2's pieces: tokenizer, labels, schedule, a short real training run, the model card."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from vlm_course.models import TINY_MODEL_DIR, load_vlm
+from vlm_course.tiny.build import build_processor, tokenizer_corpus, train_tokenizer
+from vlm_course.tiny.train import TrainConfig, answer_labels, learning_rate, make_batch, train_tiny
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(tokenizer_corpus(n=300))
+
+
+def test_tokenizer_round_trips_any_text(tokenizer):
+    for text in ("What do we see in this image?", "Ünïcödé ✓ 東京 — tabs\tand\nnewlines", "a red circle."):
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        assert tokenizer.decode(ids) == text
+    assert tokenizer("x").input_ids[0] == tokenizer.bos_token_id  # like Idefics2's tokenizer
+
+
+def test_labels_cover_only_the_answers_and_their_end_token(tokenizer):
+    processor = build_processor(tokenizer)
+    tokenizer.padding_side = "right"
+    assistant_ids = tokenizer("\nAssistant:", add_special_tokens=False).input_ids[1:]
+    end = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    batch = make_batch(processor, random.Random(0), 8, assistant_ids, end)
+    for row in range(8):
+        labelled = batch["labels"][row][batch["labels"][row] != -100].tolist()
+        decoded = tokenizer.decode(labelled)
+        assert decoded.count("<end_of_utterance>") in (1, 2)  # one answer, or two in a multi-turn dialogue
+        assert "User" not in decoded and "<image>" not in decoded and "Assistant" not in decoded
+        assert decoded.endswith("<end_of_utterance>")
+
+
+def test_answer_labels_on_a_hand_made_sequence():
+    import torch
+
+    ids = torch.tensor([[1, 9, 7, 8, 5, 5, 6, 0, 7, 8, 4, 6, 0]])  # 7, 8 = "Assistant:", 6 = end
+    labels = answer_labels(ids, [7, 8], 6)
+    assert labels.tolist() == [[-100, -100, -100, -100, 5, 5, 6, -100, -100, -100, 4, 6, -100]]
+
+
+def test_schedule_warms_up_holds_and_decays():
+    cfg = TrainConfig(steps=1000, warmup=100, hold=0.5, lr=1e-3, min_lr=1e-4)
+    assert learning_rate(0, cfg) == pytest.approx(1e-5)
+    assert learning_rate(300, cfg) == learning_rate(499, cfg) == 1e-3
+    assert learning_rate(999, cfg) == pytest.approx(1e-4, rel=1e-3)
+    assert learning_rate(700, cfg) < 1e-3
+
+
+def test_a_short_training_run_saves_a_loadable_model(tmp_path):
+    out = train_tiny(tmp_path / "tiny", TrainConfig(steps=3, batch_size=4, checkpoint_every=10), progress=False)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "loss_curve.png"):
+        assert (out / name).is_file(), name
+    log = json.loads((out / "training.json").read_text())
+    assert log["steps_done"] == 3 and log["history"][0]["loss"] > 0
+    assert log["parameters"]["total"] == sum(log["parameters"][k] for k in ("vision", "connector", "text", "lm_head"))
+    vlm = load_vlm(out)
+    assert vlm.model.generation_config.eos_token_id[-1] == vlm.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+
+
+def test_model_card_reports_the_measured_evaluation():
+    card = (TINY_MODEL_DIR / "README.md").read_text()
+    for section in ("Architecture", "Training", "Evaluation", "Limitations"):
+        assert section in card
+    scores = json.loads((TINY_MODEL_DIR / "evaluation.json").read_text())
+    for family in ("describe", "attribute", "count", "exists", "position", "two_images", "multi_turn", "description"):
+        assert f"{scores[family]['accuracy']:.1%}" in card, family

@@ -1,0 +1,117 @@
+"""Write the model card (README.md) of a trained tiny Idefics2 from its training log and evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CARD = """# tiny-idefics2: a tiny Idefics2 that sees the shapes world
+
+The real `Idefics2ForConditionalGeneration` class with the real `Idefics2Processor`, chat template and
+`<image>` / `<fake_token_around_image>` / `<end_of_utterance>` tokens, at a size that trains on a
+2-core CPU. It is the default model of the vlm-course notebooks; every figure below was measured by
+`vlm-course eval` on this directory.
+
+## Architecture
+| part | configuration | parameters |
+|---|---|---|
+{arch_rows}
+| **total** | | **{total:,}** |
+
+Weights: {weights_mb:.1f} MB of float32 safetensors. Images are resized to {image_size}x{image_size} (longest edge), cut into
+{patch}x{patch} patches ({patches} patches), and the perceiver resamples them to {latents} image tokens per image.
+Image splitting is off: at {image_size} pixels a crop would show the tower nothing new (idefics2-8b splits a
+980-pixel image into 4 crops plus the whole, 5 x 64 = 320 tokens instead of 64). Generation stops at
+`<end_of_utterance>`.
+
+## Training
+Trained from scratch by `vlm-course train-tiny` (`vlm_course/tiny/train.py`), seed {seed}:
+- **Data**: every batch freshly drawn from the shapes world (1-3 objects in distinct cells of an invisible
+  3x3 grid, anywhere on the canvas; 3 shapes x 6 colours; a shape may repeat in another colour, a colour on
+  another shape). Nine question families drawn equally (out-of-world questions less often): what do we
+  see, colour / shape of an object, counts, existence, position, two images (difference, which has more),
+  the multi-turn dialogue, detailed description, and questions outside the world. Half the images are
+  clean, half varied: drawn at 64-256 px, tinted background, JPEG at quality 60-90, a few pixels of jitter.
+- **Tokenizer**: byte-level BPE, {vocab} tokens, trained on the course's own strings (any text still encodes).
+- **Loss**: only the assistant's answers and their `<end_of_utterance>`; prompt, image and padding tokens are -100.
+- **Recipe**: AdamW (betas 0.9/0.98, no weight decay), batch {batch}, peak learning rate {lr}, {warmup} warm-up
+  steps, held at the peak for {hold:.0%} of the run, then cosine to {min_lr}; gradient clipping {clip}; {steps:,} steps.
+- **Time**: {minutes:.0f} minutes on a 2-core CPU ({ms:.0f} ms a step, shared with other work).
+
+![loss curve](loss_curve.png)
+
+## Evaluation
+Exact match on {n} held-out questions per family (seeded; training never draws these seeds), greedy decoding:
+
+| family | example | correct | accuracy | bar |
+|---|---|---|---|---|
+{eval_rows}
+
+**Perturbed scenes** (the same kinds of question on scenes drawn at 256 px with a tinted background,
+~3 px of jitter and JPEG quality 75, downscaled by the processor): {perturbed}.
+
+## Limitations
+- It knows only the shapes world: circles, squares and triangles in six colours on a plain background,
+  at most three objects, positions on a 3x3 grid. Out-of-world questions get "I only know about shapes.";
+  photographs get answers about shapes that are not there.
+- Its answers are fixed phrases; it does not chat. Free-form paraphrases of the questions it was trained on
+  may fail.
+- It is a teaching model: the same code runs `HuggingFaceM4/idefics2-8b` for real use.
+"""
+
+EXAMPLES = {
+    "describe": "What do we see in this image?",
+    "attribute": "What colour is the triangle?",
+    "count": "How many shapes are there?",
+    "exists": "Is there a square?",
+    "position": "Where is the red circle?",
+    "two_images": "What is the difference between these two images?",
+    "multi_turn": "... And how about this image?",
+    "description": "Describe this image in detail.",
+    "unknown": "What is the capital of Italy?",
+}
+
+
+def write_card(model_dir: str | Path) -> Path:
+    """README.md from config.json, training_log.json (or training.json) and evaluation.json in `model_dir`."""
+    from ..cli import BARS, PERTURBED_BAR
+
+    d = Path(model_dir)
+    config = json.loads((d / "config.json").read_text())
+    log = json.loads((d / "training.json").read_text())
+    scores = json.loads((d / "evaluation.json").read_text())
+    params = log["parameters"]
+    v, p, t = config["vision_config"], config["perceiver_config"], config["text_config"]
+    arch_rows = "\n".join([
+        f"| vision tower (SigLIP-style) | hidden {v['hidden_size']}, {v['num_hidden_layers']} layers, {v['num_attention_heads']} heads, patch {v['patch_size']} | {params['vision']:,} |",
+        f"| connector (MLP + perceiver) | {p['resampler_n_latents']} latents, depth {p['resampler_depth']} | {params['connector']:,} |",
+        f"| text model (Mistral) | hidden {t['hidden_size']}, {t['num_hidden_layers']} layers, {t['num_attention_heads']} heads ({t['num_key_value_heads']} KV), MLP {t['intermediate_size']} | {params['text']:,} |",
+        f"| lm_head | {t['hidden_size']} x {t['vocab_size']} (untied) | {params['lm_head']:,} |",
+    ])
+    eval_rows = "\n".join(
+        f"| {f} | {EXAMPLES[f]} | {s['correct']}/{s['total']} | {s['accuracy']:.1%} | {BARS[f]:.0%} |"
+        for f, s in scores.items() if f in EXAMPLES)
+    pert = scores.get("perturbed")
+    perturbed = (f"{pert['correct']}/{pert['total']} = **{pert['accuracy']:.1%}** (bar {PERTURBED_BAR:.0%})"
+                 if pert else "not measured")
+    cfg = log["config"]
+    n = next(iter(s["total"] for f, s in scores.items() if f in EXAMPLES))
+    text = CARD.format(
+        arch_rows=arch_rows, total=params["total"], weights_mb=(d / "model.safetensors").stat().st_size / 1e6,
+        image_size=v["image_size"], patch=v["patch_size"], patches=(v["image_size"] // v["patch_size"]) ** 2,
+        latents=p["resampler_n_latents"], seed=cfg["seed"], vocab=t["vocab_size"], batch=cfg["batch_size"],
+        lr=cfg["lr"], warmup=cfg["warmup"], hold=cfg["hold"], min_lr=cfg["min_lr"], clip=cfg["clip"],
+        steps=log["steps_done"], minutes=log["seconds"] / 60, ms=1000 * log["seconds"] / max(1, log["steps_done"]),
+        n=n, eval_rows=eval_rows, perturbed=perturbed,
+    )
+    (d / "README.md").write_text(text)
+    return d / "README.md"
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Parameters per part of an Idefics2 model."""
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    return {"vision": count(model.model.vision_model), "connector": count(model.model.connector),
+            "text": count(model.model.text_model), "lm_head": count(model.lm_head), "total": count(model)}
