@@ -123,6 +123,17 @@ def count_tokens(vlm, messages: list[dict], processor=None) -> dict:
             "pixel_values_shape": tuple(inputs["pixel_values"].shape) if "pixel_values" in inputs else None}
 
 
+def token_runs(vlm, ids) -> list[tuple[str, int]]:
+    """The tokens of `ids` with repeats folded: [("<image>", 64), ...], to print a prompt readably."""
+    runs: list[tuple[str, int]] = []
+    for token in vlm.tokenizer.convert_ids_to_tokens(list(ids)):
+        if runs and runs[-1][0] == token:
+            runs[-1] = (token, runs[-1][1] + 1)
+        else:
+            runs.append((token, 1))
+    return runs
+
+
 def splitting_processor(vlm):
     """A copy of the model's processor with image splitting on: each image becomes 4 crops + the original."""
     import copy
