@@ -1,0 +1,81 @@
+"""The benchmark: configuration specs, one real measurement, the CLI in fresh processes, random weights."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from vlm_course import bench
+from vlm_course.errors import BackendError
+from vlm_course.memory import model_bytes
+from vlm_course.models import TINY_MODEL_DIR, load_vlm
+
+
+def test_parse_setup_reads_dtype_attention_and_quantization():
+    s = bench.parse_setup("bf16+sdpa+bnb-4bit")
+    assert (s.dtype, s.attn, s.quant) == ("bfloat16", "sdpa", "bnb-4bit")
+    assert bench.parse_setup("eager").attn == "eager" and bench.parse_setup("eager").dtype == "auto"
+    with pytest.raises(BackendError, match="Unknown part 'int3'"):
+        bench.parse_setup("fp32+int3")
+
+
+def test_attention_suite_keeps_only_what_runs_here():
+    configs = bench.suite("attention", "cpu")
+    assert {"eager", "sdpa"} <= set(configs)
+    assert "flash_attention_2" not in configs  # needs CUDA and flash-attn
+
+
+def test_measure_in_process_reports_every_column():
+    row = bench.measure("fp32+sdpa", TINY_MODEL_DIR, device="cpu", n=3, repeats=1, check_save=True)
+    assert set(bench.COLUMNS) - {"error"} <= set(row)
+    assert row["model_bytes"] == model_bytes(load_vlm(TINY_MODEL_DIR, device="cpu").model)
+    assert row["estimate_bytes"] == pytest.approx(row["model_bytes"], rel=0.02)
+    assert 0 <= row["quality"] <= 1 and row["quality_n"] == 6
+    assert row["ttft_s"] > 0 and row["prefill_tok_s"] > 0 and row["peak_bytes"] >= 0
+    assert row["save_reload"] == "yes"
+    assert row["answer_tokens"]
+
+
+def test_quanto_save_reload_is_reported_not_raised():
+    pytest.importorskip("optimum.quanto")
+    row = bench.measure("quanto-int8", TINY_MODEL_DIR, device="cpu", n=0, repeats=1, check_save=True)
+    assert row["save_reload"].startswith("no: A model quantized with optimum-quanto")
+
+
+def test_cli_measures_in_fresh_processes_and_writes_files(tmp_path):
+    code = bench.main(["--configs", "bf16,fp32+eager", "--device", "cpu", "--n", "2", "--repeats", "1",
+                       "--no-save-check", "--out", str(tmp_path), "--name", "t"])
+    assert code == 0
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [r["config"] for r in rows] == ["bf16", "fp32+eager"]
+    assert all(not r["error"] for r in rows)
+    assert all(r["peak_kind"] == "process peak RSS (fresh process)" for r in rows)
+    # Each process's peak includes torch itself: far above the model's few MB.
+    assert all(r["peak_bytes"] > 50 * r["model_bytes"] for r in rows)
+    assert rows[0]["model_bytes"] < rows[1]["model_bytes"]  # bf16 is half of fp32
+    with open(tmp_path / "t.csv") as fh:
+        assert [r["config"] for r in csv.DictReader(fh)] == ["bf16", "fp32+eager"]
+    assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_cli_random_weights_builds_the_tiny_architecture(tmp_path, capsys):
+    code = bench.main(["--config", "tiny", "--random-weights", "--configs", "fp32", "--in-process", "--device", "cpu",
+                       "--repeats", "1", "--no-save-check", "--out", str(tmp_path)])
+    assert code == 0
+    rows = json.loads((tmp_path / "tiny-random-bench.json").read_text())
+    trained = model_bytes(load_vlm(TINY_MODEL_DIR, device="cpu").model)
+    assert rows[0]["model_bytes"] == trained  # same architecture, same bytes
+    assert rows[0]["quality"] is None  # random answers are not scored
+    assert "random weights" in capsys.readouterr().out
+
+
+def test_cli_refuses_config_without_random_weights(tmp_path, capsys):
+    assert bench.main(["--config", "idefics2-8b", "--out", str(tmp_path)]) == 2
+    assert "--random-weights" in capsys.readouterr().err
+
+
+def test_cli_reports_a_bad_spec_clearly(capsys):
+    assert bench.main(["--configs", "fp33"]) == 2
+    assert "Unknown part 'fp33'" in capsys.readouterr().err
