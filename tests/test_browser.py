@@ -4,8 +4,9 @@ Voila runs a two-cell notebook (written to a temporary folder) on 127.0.0.1 with
 Python as its kernel; Playwright's Python package drives /usr/bin/chromium (no `playwright
 install`). The test draws a scene with a known seed, asks "What do we see in this image?", waits
 for the streamed answer and compares it with the scene's true answer; asks a follow-up about a
-second scene; tries empty and failing input and sees the messages; and saves a screenshot to
-test-output/browser/.
+second scene; uploads a PNG of a third scene through the file chooser and asks about it; tries an
+empty question and a failing URL and sees the messages; and saves a screenshot to
+test-output/browser/image_qa_app.png.
 
 Without chromium the test skips with how to install it, except in CI (CI=true), where it fails.
 """
@@ -144,7 +145,7 @@ def wait_for_answer(page, n: int) -> None:
     expect(page.locator(".vlm-stop")).to_be_disabled()
 
 
-def test_image_qa_app_in_chromium(voila_app):
+def test_image_qa_app_in_chromium(voila_app, tmp_path):
     need(CHROMIUM.exists(), f"no browser at {CHROMIUM}; install Debian's chromium with "
                             "`sudo apt-get update && sudo apt-get install -y chromium`")
     need(_has("playwright"), "the playwright Python package is missing: pip install 'vlm-course[dev]'")
@@ -152,13 +153,15 @@ def test_image_qa_app_in_chromium(voila_app):
 
     url, log = voila_app
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    first, second = random_scene(FIRST_SEED), random_scene(FIRST_SEED + 1)
+    first, second, third = random_scene(FIRST_SEED), random_scene(FIRST_SEED + 1), random_scene(100 + FIRST_SEED)
+    uploaded = tmp_path / "third_scene.png"
+    third.draw().save(uploaded)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.set_default_timeout(60_000)
-            page.goto(url, timeout=60_000)
+            page.goto(url, wait_until="commit", timeout=60_000)  # Voila streams the page while the notebook runs
             try:
                 expect(page.locator(".vlm-app")).to_be_visible(timeout=120_000)
             except AssertionError:
@@ -188,16 +191,27 @@ def test_image_qa_app_in_chromium(voila_app):
             expect(page.locator(".vlm-history .vlm-user")).to_have_count(2)
             second_answer = answers.nth(1).inner_text().strip()
 
+            # A real upload through the file chooser: a PNG of a third scene, asked about in the same conversation.
+            with page.expect_file_chooser() as chooser:
+                page.locator(".vlm-upload").click()
+            chooser.value.set_files(str(uploaded))
+            expect(page.locator(".vlm-caption")).to_contain_text("Uploaded third_scene.png")
+            page.locator(".vlm-question input").fill(FOLLOW_UP)
+            page.locator(".vlm-ask").click()
+            wait_for_answer(page, 3)
+            third_answer = answers.nth(2).inner_text().strip()
+
             # Bad input: an empty question, then a URL that fails. Messages, no traceback, the app stays.
             page.locator(".vlm-ask").click()
             expect(page.locator(".vlm-message")).to_contain_text("Type a question first")
             page.locator(".vlm-url input").fill(f"http://127.0.0.1:{free_port()}/missing.png")
             page.locator(".vlm-load-url").click()
             expect(page.locator(".vlm-message")).to_contain_text("Could not download")
-            expect(page.locator(".vlm-caption")).to_contain_text(f"seed {FIRST_SEED + 1}")
+            expect(page.locator(".vlm-caption")).to_contain_text("Uploaded third_scene.png")  # the image stays
+            expect(answers).to_have_count(3)
             assert "Traceback" not in page.locator(".vlm-app").inner_text()
             page.screenshot(path=str(OUTPUT / "image_qa_app.png"), full_page=True)
         finally:
             browser.close()
     # Last, so that every behaviour above is checked even while the model still answers wrongly.
-    assert (first_answer, second_answer) == (first.describe(), second.describe())
+    assert (first_answer, second_answer, third_answer) == (first.describe(), second.describe(), third.describe())

@@ -93,7 +93,8 @@ class ImageQAApp:
                                     layout=w.Layout(width="auto"))
         self.preview = w.Image(format="png", layout=w.Layout(border="1px solid #ccc", min_height="40px",
                                                               max_width=f"{PREVIEW_SIZE + 2}px"))
-        self.caption = w.HTML("<i>No image yet: upload one, load a URL, or draw a random scene.</i>")
+        self._caption = "<i>No image yet: upload one, load a URL, or draw a random scene.</i>"
+        self.caption = w.HTML(self._caption)
 
         # --- conversation -----------------------------------------------------------------------
         self.transcript = w.HTML(layout=w.Layout(max_height="360px", overflow="auto", border="1px solid #ddd",
@@ -194,10 +195,14 @@ class ImageQAApp:
             return False
         self.image, self.scene, self._image_sent = image, scene, False
         self.preview.value = _png(image, PREVIEW_SIZE)
-        follow = " It goes with your next question." if self.history else ""
-        self.caption.value = f"{html.escape(caption)} &middot; {image.width}&times;{image.height} px.{follow}"
+        self._caption = f"{html.escape(caption)} &middot; {image.width}&times;{image.height} px."
+        self._show_caption()
         self._say("")
         return True
+
+    def _show_caption(self) -> None:
+        pending = self.image is not None and self.history and not self._image_sent
+        self.caption.value = self._caption + (" It goes with your next question." if pending else "")
 
     def draw_scene(self, seed: int | None = None):
         """Draw a random scene from the shapes world (seed: the Seed box) and use it as the image."""
@@ -273,6 +278,7 @@ class ImageQAApp:
         self.question.value = ""
         self._say("")
         self._set_busy(True, "Generating...")
+        self._show_caption()
         self._render()
         self._worker = threading.Thread(target=self._consume, args=(s, with_image), daemon=True,
                                         name="vlm-course-app")
@@ -323,6 +329,7 @@ class ImageQAApp:
                 if not error:
                     status = status + " No answer kept."
             self._stream = None
+        self._show_caption()
         if error:
             self._say(error, error=True)
             status = "Error."
@@ -357,6 +364,7 @@ class ImageQAApp:
             self.wait(30)
         with self._lock:
             self.history, self.answer, self._image_sent = [], "", False
+        self._show_caption()
         self._say("")
         self.status.value = "Cleared: a new conversation."
         self._render()
