@@ -83,3 +83,14 @@ def test_bitsandbytes_and_torchao_models_save_and_reload_quantized(quant, tmp_pa
     assert type(again.model.model.text_model.layers[0].mlp.up_proj.weight) is type(q.model.model.text_model.layers[0].mlp.up_proj.weight)
     assert answers(again, seeds=(0,)) == answers(q, seeds=(0,))
 
+
+
+def test_lesson04_checker_accepts_the_auto_choice_and_rejects_others(capsys):
+    from vlm_course.exercises.lesson04 import check_auto_backend
+
+    right = available_attention(CPU)[0]
+    assert check_auto_backend(right, device="cpu") is True
+    assert check_auto_backend("eager", device="cpu") is False
+    assert check_auto_backend("flash_attention_2", device="cpu") is False
+    assert "cannot run on this machine" in capsys.readouterr().out
+    assert check_auto_backend(None) is False
