@@ -3,8 +3,13 @@
     reply = generate(vlm, [user(image, "What do we see in this image?")])
     reply.text, reply.usage
 
+    replies = generate_batch(vlm, [conversation_1, conversation_2])   # left padding, one Reply each
+    for piece in stream(vlm, conversation): print(piece, end="")
+
 Greedy decoding unless temperature > 0. The prompt is removed from the output by token count,
 never by splitting strings. Images travel inside the messages (see vlm_course.messages).
+For lesson 01: render_prompt (the template's string), prepare (the tensors), count_tokens and
+token_runs (what the model reads), splitting_processor (image splitting on).
 """
 
 from __future__ import annotations
