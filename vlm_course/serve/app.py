@@ -361,7 +361,7 @@ def create_app(settings: Optional[ServerSettings] = None, vlm=None):
                 pass
 
         job = Job(conversation, emit, max_new_tokens=max_new_tokens, temperature=body.temperature,
-                  top_p=body.top_p, seed=body.seed, stops=body.stop, logit_bias=body.logit_bias)
+                  top_p=body.top_p, seed=body.seed, stops=body.stop, logit_bias=body.logit_bias, stream=body.stream)
         state["batcher"].submit(job)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 

@@ -3,17 +3,23 @@
     result = load_test(server.url, bodies, concurrency=16)
     print(result.summary())
 
-Each client is a thread with its own `openai.OpenAI` client, sending the chat-completion bodies
-in order; only this machine's servers should be targeted (the course's tests use 127.0.0.1).
+Each client is a thread with its own `openai.OpenAI` client, sending chat-completion bodies; only
+this machine's servers should be targeted (the course's tests use 127.0.0.1). With
+`separate_process=True` the clients run in a child Python process, so that their own work does not
+compete for this process's GIL with a server running here in a background thread.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 from ..errors import missing_extra
@@ -55,18 +61,24 @@ class LoadResult:
 
 
 def load_test(base_url: str, bodies: Sequence[dict], concurrency: int = 16, api_key: str = "none",
-              timeout: float = 120, progress: bool = False) -> LoadResult:
+              timeout: float = 120, progress: bool = False, separate_process: bool = False) -> LoadResult:
     """Send every body in `bodies` to POST {base_url}/v1/chat/completions from `concurrency` threads."""
+    if separate_process:
+        return _in_child(base_url, bodies, concurrency, api_key, timeout)
     try:
         import openai
     except ImportError:
         raise missing_extra("openai", "dev") from None
+    # One client per thread, built before the clock starts (building one costs CPU time).
+    clients = [openai.OpenAI(base_url=base_url.rstrip("/") + "/v1", api_key=api_key, timeout=timeout, max_retries=0)
+               for _ in range(concurrency)]
+    free = list(clients)
     local = threading.local()
+    lock = threading.Lock()
     texts: list[Optional[str]] = [None] * len(bodies)
     latencies: list[float] = []
     failures: list[str] = []
     tokens = [0]
-    lock = threading.Lock()
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -75,8 +87,8 @@ def load_test(base_url: str, bodies: Sequence[dict], concurrency: int = 16, api_
 
     def one(i: int) -> None:
         if not hasattr(local, "client"):
-            local.client = openai.OpenAI(base_url=base_url.rstrip("/") + "/v1", api_key=api_key, timeout=timeout,
-                                         max_retries=0)
+            with lock:
+                local.client = free.pop()
         start = time.perf_counter()
         try:
             reply = local.client.chat.completions.create(**bodies[i])
@@ -97,4 +109,24 @@ def load_test(base_url: str, bodies: Sequence[dict], concurrency: int = 16, api_
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
+    for c in clients:
+        c.close()
     return LoadResult(concurrency, seconds, latencies, texts, tokens[0], failures)
+
+
+def _in_child(base_url, bodies, concurrency, api_key, timeout) -> LoadResult:
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(list(bodies), f)
+        f.flush()
+        out = subprocess.run([sys.executable, "-m", "vlm_course.serve.loadtest", base_url, f.name, str(concurrency),
+                              api_key, str(timeout)], capture_output=True, text=True, timeout=timeout * len(bodies) + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"The load-test process failed:\n{out.stderr[-2000:]}")
+    return LoadResult(**json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+if __name__ == "__main__":  # python -m vlm_course.serve.loadtest URL BODIES.json CONCURRENCY API_KEY TIMEOUT
+    url, path, concurrency, key, timeout = sys.argv[1:6]
+    with open(path) as fh:
+        result = load_test(url, json.load(fh), int(concurrency), key, float(timeout))
+    print(json.dumps(asdict(result)))
