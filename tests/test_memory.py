@@ -159,3 +159,11 @@ def test_lesson05_checker(capsys):
     assert check_weights_gb("bnb-4bit", 8.4 / 2) is False  # half a byte a parameter forgets scales and lm_head
     assert check_weights_gb("bnb-4bit", None) is False
     assert "Not answered yet" in capsys.readouterr().out
+
+
+def test_kv_cache_per_token_of_idefics2_8b():
+    from vlm_course.memory import kv_cache_bytes_per_token
+
+    # 32 layers x (keys + values) x 8 kv heads x 128 dims x 2 bytes (bf16)
+    assert kv_cache_bytes_per_token("idefics2-8b", "bfloat16") == 32 * 2 * 8 * 128 * 2
+    assert kv_cache_bytes_per_token("idefics2-8b", "float32") == 2 * kv_cache_bytes_per_token("idefics2-8b", "bfloat16")

@@ -249,3 +249,13 @@ def format_table(estimates: list[Estimate]) -> str:
     for e in estimates:
         lines.append(f"{e.label:<16}{e.dtype:<10}{e.bytes:>16,}{format_bytes(e.bytes):>11}{e.bytes / base:>10.0%}")
     return "\n".join(lines)
+
+
+def kv_cache_bytes_per_token(config: Any = "idefics2-8b", dtype: Any = "bfloat16") -> int:
+    """Bytes the KV cache grows by for each token of context: keys and values, every text layer."""
+    from .models import pick_dtype
+
+    text = load_config(config).text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * pick_dtype(dtype, torch.device("cpu")).itemsize
