@@ -34,8 +34,8 @@ def test_reply_is_only_the_new_tokens(vlm):
     assert reply.finish_reason == "stop"
     assert reply.token_ids[-1] == vlm.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
     assert reply.usage.completion_tokens == len(reply.token_ids)
-    for leak in ("User", "Assistant", "And how about", "<", scene.describe()):
-        assert leak not in reply.text or leak == other.describe()
+    for leak in ("User", "Assistant", "And how about", "What do we see", "<"):
+        assert leak not in reply.text
     assert reply.text == vlm.tokenizer.decode(reply.token_ids, skip_special_tokens=True).strip()
 
 
