@@ -247,3 +247,23 @@ def test_lesson06_checker_accepts_a_working_button_and_explains_wrong_ones(vlm, 
                          (not_displayed, "no new button"), (lambda app: 1 / 0, "ZeroDivisionError")]:
         assert check_detail_button(wrong, vlm) is False
         assert words in capsys.readouterr().out
+
+
+def test_a_failure_during_generation_is_a_message_not_a_traceback(app, vlm):
+    """A real failure inside the model's forward pass (injected with a hook) reaches the app as a message."""
+    app.draw_scene(81)
+
+    def fail(module, args, kwargs):
+        raise RuntimeError("out of memory (injected by the test)")
+
+    handle = vlm.model.register_forward_pre_hook(fail, with_kwargs=True)
+    try:
+        assert app.ask(DESCRIBE)
+        assert app.wait(30)
+    finally:
+        handle.remove()
+    assert "Generation failed" in app.error and "injected by the test" in app.error
+    assert app.status.value == "Error." and not app.ask_button.disabled and app.stop_button.disabled
+    assert app.history == [] and "next question" not in app.caption.value  # the question was taken back
+    assert app.ask(DESCRIBE) and app.wait(60) and roles(app) == ["user", "assistant"]  # and it works again
+    assert app.history[0]["content"][0]["type"] == "image"  # the image went with the retried question

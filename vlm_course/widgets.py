@@ -88,7 +88,7 @@ class ImageQAApp:
         self.url = w.Text(placeholder="https://example.com/picture.png", layout=w.Layout(width="100%"))
         self.load_url_button = w.Button(description="Load URL", icon="link")
         self.seed = w.IntText(value=random.randrange(10_000) if seed is None else seed, description="Seed",
-                              layout=w.Layout(width="160px"))
+                              style={"description_width": "36px"}, layout=w.Layout(width="120px"))
         self.draw_button = w.Button(description="Draw a random scene", icon="random",
                                     layout=w.Layout(width="auto"))
         self.preview = w.Image(format="png", layout=w.Layout(border="1px solid #ccc", min_height="40px",
