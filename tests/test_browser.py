@@ -145,10 +145,15 @@ def wait_for_answer(page, n: int) -> None:
     expect(page.locator(".vlm-stop")).to_be_disabled()
 
 
-def test_image_qa_app_in_chromium(voila_app, tmp_path):
+@pytest.fixture
+def browser_present():
+    """Checked before voila starts, so that a machine without a browser skips at once."""
     need(CHROMIUM.exists(), f"no browser at {CHROMIUM}; install Debian's chromium with "
                             "`sudo apt-get update && sudo apt-get install -y chromium`")
     need(_has("playwright"), "the playwright Python package is missing: pip install 'vlm-course[dev]'")
+
+
+def test_image_qa_app_in_chromium(browser_present, voila_app, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     url, log = voila_app
