@@ -178,7 +178,7 @@ class ImageQAApp:
         self.message.value = f'<span style="color:{colour}">{html.escape(text)}</span>' if text else ""
 
     # --- images --------------------------------------------------------------------------------------
-    def set_image(self, source: Any, caption: str, scene=None) -> bool:
+    def set_image(self, source: Any, caption: str = "Your image", scene=None) -> bool:
         """Load `source` (anything `load_image` takes) as the image for the next question.
 
         Bad input shows a message in the app and returns False; the previous image stays.
