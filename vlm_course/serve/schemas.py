@@ -86,6 +86,12 @@ class ChatCompletionRequest(BaseModel):
                 raise ValueError(f"logit_bias values must be in [-100, 100], got {bias!r}")
         return {int(k): float(b) for k, b in v.items()}
 
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v):
+        # A temperature this close to 0 is greedy in effect, and dividing logits by it overflows to inf.
+        return 0.0 if v < 1e-4 else v
+
     @field_validator("seed")
     @classmethod
     def _seed(cls, v):
