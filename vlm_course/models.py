@@ -91,7 +91,7 @@ def available_attention(device) -> list[str]:
     if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         found.append("flash_attention_2")
     found.append("sdpa")
-    if hasattr(torch.nn.attention, "flex_attention"):
+    if importlib.util.find_spec("torch.nn.attention.flex_attention") is not None:  # a submodule: not an attribute until imported
         found.append("flex_attention")
     found.append("eager")
     return found
