@@ -39,14 +39,16 @@ def measure_batching(vlm, n: int = 16, max_new_tokens: int = 48, repeats: int = 
     """
     conversations = conversations or bench_conversations(n, seed)
     generate(vlm, conversations[0], max_new_tokens=4)  # warm-up
-    sequential, batched = [], []
+    sequential, batched, sequential_cpu, batched_cpu = [], [], [], []
     for _ in tqdm(range(repeats), desc="batching benchmark", disable=not progress):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         singles = [generate(vlm, c, max_new_tokens=max_new_tokens) for c in conversations]
         sequential.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        sequential_cpu.append(time.process_time() - cpu)
+        start, cpu = time.perf_counter(), time.process_time()
         batch = generate_batch(vlm, conversations, max_new_tokens=max_new_tokens)
         batched.append(time.perf_counter() - start)
+        batched_cpu.append(time.process_time() - cpu)
     tokens = sum(r.usage.completion_tokens for r in singles)
     seq_s, batch_s = statistics.median(sequential), statistics.median(batched)
     return {
@@ -59,6 +61,7 @@ def measure_batching(vlm, n: int = 16, max_new_tokens: int = 48, repeats: int = 
         "batch_tokens_per_second": sum(r.usage.completion_tokens for r in batch) / batch_s,
         "speedup": seq_s / batch_s,
         "speedup_of_fastest_runs": min(sequential) / min(batched),  # less sensitive to a busy machine
+        "cpu_seconds_ratio": statistics.median(sequential_cpu) / statistics.median(batched_cpu),  # CPU time, all threads
         "same_replies": [a.text for a in singles] == [b.text for b in batch],
         "repeats": repeats,
     }
@@ -73,16 +76,18 @@ def measure_stream_overhead(vlm, messages=None, max_new_tokens: int = 64, repeat
     if messages is None:
         messages = [user(random_scene(7).draw(size=128), "Describe this image in detail.")]
     generate(vlm, messages, max_new_tokens=max_new_tokens)  # warm-up
-    gen_times, stream_times, ttfts = [], [], []
+    gen_times, stream_times, ttfts, gen_cpu, stream_cpu = [], [], [], [], []
     reply = text = None
     for _ in tqdm(range(repeats), desc="stream overhead", disable=not progress):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         reply = generate(vlm, messages, max_new_tokens=max_new_tokens)
         gen_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        gen_cpu.append(time.process_time() - cpu)
+        start, cpu = time.perf_counter(), time.process_time()
         s = stream(vlm, messages, max_new_tokens=max_new_tokens)
         text = "".join(s)
         stream_times.append(time.perf_counter() - start)
+        stream_cpu.append(time.process_time() - cpu)
         ttfts.append(s.usage.time_to_first_token)
     g, st = statistics.median(gen_times), statistics.median(stream_times)
     return {
@@ -91,6 +96,7 @@ def measure_stream_overhead(vlm, messages=None, max_new_tokens: int = 64, repeat
         "stream_seconds": st,
         "overhead": st / g - 1,
         "overhead_of_fastest_runs": min(stream_times) / min(gen_times) - 1,
+        "cpu_overhead": statistics.median(stream_cpu) / statistics.median(gen_cpu) - 1,  # CPU time, all threads
         "stream_time_to_first_token": statistics.median(ttfts),
         "generate_time_to_first_token": reply.usage.time_to_first_token,
         "same_text": text == reply.text,
