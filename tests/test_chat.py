@@ -121,3 +121,14 @@ def test_pipeline_gives_the_same_answer(vlm):
     msgs = [user(scene.draw(), "What do we see in this image?")]
     out = pipe(text=msgs, max_new_tokens=30, return_full_text=False)
     assert out[0]["generated_text"].strip() == generate(vlm, msgs, max_new_tokens=30).text
+
+
+def test_chat_bench_reports_figures(vlm):
+    """The benchmark functions run and check what they compare (no time is asserted)."""
+    from vlm_course.chat_bench import measure_batching, measure_stream_overhead
+
+    b = measure_batching(vlm, n=4, max_new_tokens=16, repeats=1, progress=False)
+    assert b["same_replies"] and b["conversations"] == 4 and b["completion_tokens"] > 0
+    assert b["speedup"] == pytest.approx(b["sequential_seconds"] / b["batch_seconds"])
+    s = measure_stream_overhead(vlm, max_new_tokens=16, repeats=1, progress=False)
+    assert s["same_text"] and s["completion_tokens"] > 0 and s["stream_time_to_first_token"] > 0
