@@ -1,0 +1,82 @@
+"""The same app as a Ray Serve deployment on a local Ray instance (CPU, one replica), queried over HTTP
+with the official `openai` client. Ray starts once for the module (it takes seconds and ~1.3 GB)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("ray.serve")
+openai = pytest.importorskip("openai")
+
+from vlm_course import chat  # noqa: E402
+from vlm_course.serve.openai_format import to_openai_messages  # noqa: E402
+from vlm_course.serve.ray_app import RayServeConfig, build_app, start_ray, stop_ray  # noqa: E402
+from vlm_course.shapes import random_scene  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_url():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    config = RayServeConfig(max_batch_size=4, max_wait_ms=30, num_replicas=1, ray_actor_options={"num_cpus": 1})
+    url = start_ray(config, host="127.0.0.1", port=free_port(), num_cpus=2)
+    yield url
+    stop_ray()
+
+
+def describe(seed):
+    return [chat.user(random_scene(seed).draw(), "What do we see in this image?")]
+
+
+def test_config_like_aana():
+    config = RayServeConfig(model_id="some/model", dtype="bfloat16", attn="sdpa", quant="bnb-4bit", max_batch_size=16,
+                            num_replicas=2, ray_actor_options={"num_gpus": 1})
+    settings = config.server_settings()
+    assert (settings.model, settings.dtype, settings.attn, settings.quant, settings.max_batch_size) == \
+        ("some/model", "bfloat16", "sdpa", "bnb-4bit", 16)
+    deployment = build_app(config)  # building the application loads nothing
+    assert deployment is not None
+    with pytest.raises(ValueError):
+        RayServeConfig(max_batch_size=0)
+
+
+def test_openai_client_against_ray_serve(ray_url, vlm):
+    client = openai.OpenAI(base_url=ray_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    name = client.models.list().data[0].id
+    reply = client.chat.completions.create(model=name, messages=to_openai_messages(describe(1)), temperature=0,
+                                           max_tokens=32)
+    want = chat.generate(vlm, describe(1), max_new_tokens=32)
+    assert reply.choices[0].message.content == want.text
+    assert reply.usage.prompt_tokens == want.usage.prompt_tokens
+
+    stream = client.chat.completions.create(model=name, messages=to_openai_messages(describe(2)), temperature=0,
+                                            max_tokens=32, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == \
+        chat.generate(vlm, describe(2), max_new_tokens=32).text
+
+
+def test_ray_serve_batches_concurrent_requests(ray_url, vlm):
+    def one(seed):
+        c = openai.OpenAI(base_url=ray_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        return c.chat.completions.create(model="default", messages=to_openai_messages(describe(seed)), temperature=0,
+                                         max_tokens=32).choices[0].message.content
+
+    seeds = list(range(30, 36))
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        got = list(pool.map(one, seeds))
+    assert got == [chat.generate(vlm, describe(s), max_new_tokens=32).text for s in seeds]
+    import httpx
+
+    health = httpx.get(ray_url + "/health", timeout=30).json()
+    assert health["status"] == "ok" and health["batcher"]["rows"] >= len(seeds) + 2
