@@ -1,6 +1,6 @@
 """The image Q&A app used the way a person uses it: served by Voila, clicked in Debian's chromium.
 
-Voila runs a two-cell notebook (written to a temporary folder) on 127.0.0.1 with this venv's
+Voila runs a one-cell notebook (written to a temporary folder) on 127.0.0.1 with this venv's
 Python as its kernel; Playwright's Python package drives /usr/bin/chromium (no `playwright
 install`). The test draws a scene with a known seed, asks "What do we see in this image?", waits
 for the streamed answer and compares it with the scene's true answer; asks a follow-up about a
