@@ -9,7 +9,7 @@ import pytest
 
 from vlm_course.models import TINY_MODEL_DIR, load_vlm
 from vlm_course.tiny.build import build_processor, tokenizer_corpus, train_tokenizer
-from vlm_course.tiny.train import TrainConfig, answer_labels, learning_rate, make_batch, train_tiny
+from vlm_course.tiny.train import TrainConfig, answer_labels, learning_rate, make_batch, polish, polish_rate, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +52,23 @@ def test_schedule_warms_up_holds_and_decays():
     assert learning_rate(300, cfg) == learning_rate(499, cfg) == 1e-3
     assert learning_rate(999, cfg) == pytest.approx(1e-4, rel=1e-3)
     assert learning_rate(700, cfg) < 1e-3
+    cfg = TrainConfig(polish_steps=1000, polish_lr=2e-4, min_lr=2e-5)
+    assert polish_rate(0, cfg) < polish_rate(49, cfg) == pytest.approx(2e-4)
+    assert polish_rate(999, cfg) == pytest.approx(2e-5, rel=1e-2)
 
 
 def test_a_short_training_run_saves_a_loadable_model(tmp_path):
-    out = train_tiny(tmp_path / "tiny", TrainConfig(steps=3, batch_size=4, checkpoint_every=10), progress=False)
+    out = train_tiny(tmp_path / "tiny", TrainConfig(steps=3, polish_steps=0, batch_size=4, checkpoint_every=10),
+                     progress=False)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "loss_curve.png"):
         assert (out / name).is_file(), name
     log = json.loads((out / "training.json").read_text())
     assert log["steps_done"] == 3 and log["history"][0]["loss"] > 0
     assert log["parameters"]["total"] == sum(log["parameters"][k] for k in ("vision", "connector", "text", "lm_head"))
+    before = (out / "model.safetensors").read_bytes()
+    polish(out, TrainConfig(steps=3, polish_steps=2, batch_size=4), progress=False)  # the second stage, resumed
+    log = json.loads((out / "training.json").read_text())
+    assert log["steps_done"] == 5 and (out / "model.safetensors").read_bytes() != before
     vlm = load_vlm(out)
     assert vlm.model.generation_config.eos_token_id[-1] == vlm.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
 

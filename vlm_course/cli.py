@@ -94,7 +94,8 @@ def cmd_train_tiny(args) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shares the CPU gracefully with other work
     from .tiny.train import TrainConfig, train_tiny
 
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, threads=args.threads)
+    cfg = TrainConfig(steps=args.steps, polish_steps=args.polish_steps, batch_size=args.batch_size, seed=args.seed,
+                      threads=args.threads)
     out = train_tiny(args.out, cfg)
     print(f"saved the trained model and its loss curve to {out}")
     print(f"evaluate it with: vlm-course eval --model {out}")
@@ -144,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("train-tiny", help="train the tiny Idefics2 from scratch (CPU, tens of minutes)")
     sp.add_argument("--out", default="runs/tiny")
-    sp.add_argument("--steps", type=int, default=12_000)
+    sp.add_argument("--steps", type=int, default=12_000, help="steps of the main stage")
+    sp.add_argument("--polish-steps", type=int, default=2_500, help="steps of the second, lower-rate stage")
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--threads", type=int, default=2)

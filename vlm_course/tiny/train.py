@@ -32,6 +32,8 @@ class TrainConfig:
     min_lr: float = 5e-5
     warmup: int = 200
     hold: float = 0.5  # fraction of the run at the peak rate: shapes are learnt late, so keep the rate up
+    polish_steps: int = 2_500  # a second stage with a fresh optimizer at a lower rate
+    polish_lr: float = 2e-4
     weight_decay: float = 0.0
     clip: float = 1.0
     seed: int = 0
@@ -95,28 +97,66 @@ def plot_loss(history: list[dict], path: Path) -> None:
 
 
 def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True) -> Path:
-    """Train a tiny Idefics2 and save it (save_pretrained layout) with its loss curve to `out_dir`."""
+    """Train a tiny Idefics2 from scratch and save it (save_pretrained layout) with its loss curve to `out_dir`.
+
+    Two stages: `cfg.steps` steps of the main schedule, then `cfg.polish_steps` at a lower rate with a fresh
+    optimizer (the same as `polish(out_dir, cfg)` run later on the saved first stage).
+    """
     cfg = cfg or TrainConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed + 1_000_003)  # evaluation draws from small seeds; training from far away
-
     tokenizer = train_tokenizer(tokenizer_corpus(seed=cfg.seed + 12345))
     processor = build_processor(tokenizer)
     model = build_model(build_config(tokenizer, cfg.architecture), seed=cfg.seed)
-    model.train()
+    rng = random.Random(cfg.seed + 1_000_003)  # evaluation draws from small seeds; training from far away
+    history = _run(model, processor, rng, cfg, out, stage=1, progress=progress)
+    if cfg.polish_steps:
+        _run(model, processor, random.Random(cfg.seed + 2_000_003), cfg, out, stage=2, progress=progress, history=history)
+    return out
+
+
+def polish(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True) -> Path:
+    """Run the second (polishing) stage on a model whose first stage is saved in `out_dir`."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    cfg = cfg or TrainConfig()
+    out = Path(out_dir)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + 1)
+    processor = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    log = json.loads((out / "training.json").read_text())
+    _run(model, processor, random.Random(cfg.seed + 2_000_003), cfg, out, stage=2, progress=progress,
+         history=log["history"], seconds_before=log["seconds"])
+    return out
+
+
+def polish_rate(step: int, cfg: TrainConfig) -> float:
+    """The second stage: a short warm-up to polish_lr, then cosine down to min_lr."""
+    warmup = 50
+    if step < warmup:
+        return cfg.polish_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.polish_steps - warmup)
+    return cfg.min_lr + 0.5 * (cfg.polish_lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _run(model, processor, rng, cfg: TrainConfig, out: Path, stage: int, progress: bool,
+         history: list[dict] | None = None, seconds_before: float = 0.0) -> list[dict]:
+    tokenizer = processor.tokenizer
     assistant_ids = tokenizer("\nAssistant:", add_special_tokens=False).input_ids[1:]  # after the newline
     end_id = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
     tokenizer.padding_side = "right"  # training pads on the right; generation (the saved default) on the left
-
+    model.train()
+    steps, rate = (cfg.steps, learning_rate) if stage == 1 else (cfg.polish_steps, polish_rate)
+    first = 0 if stage == 1 else cfg.steps  # global step numbers continue across stages
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    history, smoothed, start = [], None, time.time()
-    bar = tqdm(range(cfg.steps), desc="training tiny Idefics2", disable=not progress, mininterval=2)
+    history, smoothed, start = history if history is not None else [], None, time.time() - seconds_before
+    bar = tqdm(range(steps), desc=f"training tiny Idefics2 (stage {stage})", disable=not progress, mininterval=2)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
+            group["lr"] = rate(step, cfg)
         batch = make_batch(processor, rng, cfg.batch_size, assistant_ids, end_id)
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
@@ -125,11 +165,12 @@ def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bo
         optimizer.step()
         smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
         if step % 10 == 0:
-            history.append({"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)})
+            history.append({"step": first + step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)})
             bar.set_postfix(loss=f"{smoothed:.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            _save(model, processor, out, cfg, history, step + 1, time.time() - start)
-    return out
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
+            _save(model, processor, out, cfg, history, first + step + 1, time.time() - start)
+    model.eval()
+    return history
 
 
 def _save(model, processor, out: Path, cfg: TrainConfig, history: list[dict], steps_done: int, seconds: float) -> None:
