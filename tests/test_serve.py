@@ -27,8 +27,8 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
 from vlm_course import chat  # noqa: E402
-from vlm_course.chat import _end_ids  # noqa: E402
 from vlm_course.serve.app import ServerSettings  # noqa: E402
+from vlm_course.serve.loadtest import fixed_length_bias  # noqa: E402
 from vlm_course.serve.openai_format import image_part, to_openai_messages  # noqa: E402
 from vlm_course.serve.server import start_in_background  # noqa: E402
 from vlm_course.shapes import random_scene  # noqa: E402
@@ -241,7 +241,7 @@ def test_client_disconnect_stops_generation(server, vlm):
     """A stream that could run 4096 tokens (end tokens banned by logit_bias) is dropped after a few chunks."""
     before = httpx.get(server.url + "/health").json()["batcher"]["cancelled"]
     body = {"model": vlm.name, "messages": to_openai_messages(describe(7)), "stream": True, "temperature": 0,
-            "max_tokens": 4096, "logit_bias": {str(t): -100 for t in _end_ids(vlm)}}
+            "max_tokens": 4096, "logit_bias": fixed_length_bias(vlm)}
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", server.url + "/v1/chat/completions", json=body) as r:
             for i, _ in enumerate(r.iter_lines()):

@@ -14,9 +14,8 @@ pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
 from vlm_course import chat  # noqa: E402
-from vlm_course.chat import _end_ids  # noqa: E402
 from vlm_course.serve.app import ServerSettings  # noqa: E402
-from vlm_course.serve.loadtest import load_test  # noqa: E402
+from vlm_course.serve.loadtest import fixed_length_bias, load_test  # noqa: E402
 from vlm_course.serve.openai_format import to_openai_messages  # noqa: E402
 from vlm_course.serve.server import start_in_background  # noqa: E402
 from vlm_course.shapes import random_scene  # noqa: E402
@@ -31,7 +30,7 @@ def bodies(vlm, n, max_tokens=32, fixed_length=False, seed=1000):
         body = {"model": vlm.name, "temperature": 0, "max_tokens": max_tokens,
                 "messages": to_openai_messages([chat.user(scene.draw(), "What do we see in this image?")])}
         if fixed_length:  # like vLLM's ignore_eos: every reply is exactly max_tokens long
-            body["logit_bias"] = {str(t): -100 for t in _end_ids(vlm)}
+            body["logit_bias"] = fixed_length_bias(vlm)
         out.append(body)
     return out
 

@@ -60,6 +60,14 @@ class LoadResult:
                 f"latency p50 {self.percentile(50) * 1000:.0f} ms, p95 {self.percentile(95) * 1000:.0f} ms")
 
 
+def fixed_length_bias(vlm) -> dict[str, float]:
+    """A logit_bias that bans the end-of-turn tokens, so every reply runs to max_tokens (vLLM's ignore_eos):
+    benchmarks then compare servers doing exactly the same work."""
+    from ..chat import _end_ids
+
+    return {str(t): -100 for t in sorted(_end_ids(vlm))}
+
+
 def load_test(base_url: str, bodies: Sequence[dict], concurrency: int = 16, api_key: str = "none",
               timeout: float = 120, progress: bool = False, separate_process: bool = False) -> LoadResult:
     """Send every body in `bodies` to POST {base_url}/v1/chat/completions from `concurrency` threads."""
