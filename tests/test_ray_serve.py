@@ -26,8 +26,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SEEDS = [1, 2, *range(30, 36)]
+
+
 @pytest.fixture(scope="module")
-def ray_url():
+def expected(vlm):
+    """chat.generate's answers, computed before Ray starts (its processes would slow them down)."""
+    return {seed: chat.generate(vlm, describe(seed), max_new_tokens=32) for seed in SEEDS}
+
+
+@pytest.fixture(scope="module")
+def ray_url(expected):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     config = RayServeConfig(max_batch_size=4, max_wait_ms=30, num_replicas=1, ray_actor_options={"num_cpus": 1})
     url = start_ray(config, host="127.0.0.1", port=free_port(), num_cpus=2)
@@ -51,22 +60,22 @@ def test_config_like_aana():
         RayServeConfig(max_batch_size=0)
 
 
-def test_openai_client_against_ray_serve(ray_url, vlm):
+def test_openai_client_against_ray_serve(ray_url, expected):
     client = openai.OpenAI(base_url=ray_url + "/v1", api_key="unused", max_retries=0, timeout=120)
     name = client.models.list().data[0].id
     reply = client.chat.completions.create(model=name, messages=to_openai_messages(describe(1)), temperature=0,
                                            max_tokens=32)
-    want = chat.generate(vlm, describe(1), max_new_tokens=32)
+    want = expected[1]
     assert reply.choices[0].message.content == want.text
     assert reply.usage.prompt_tokens == want.usage.prompt_tokens
 
     stream = client.chat.completions.create(model=name, messages=to_openai_messages(describe(2)), temperature=0,
                                             max_tokens=32, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == \
-        chat.generate(vlm, describe(2), max_new_tokens=32).text
+        expected[2].text
 
 
-def test_ray_serve_batches_concurrent_requests(ray_url, vlm):
+def test_ray_serve_batches_concurrent_requests(ray_url, expected):
     def one(seed):
         c = openai.OpenAI(base_url=ray_url + "/v1", api_key="unused", max_retries=0, timeout=120)
         return c.chat.completions.create(model="default", messages=to_openai_messages(describe(seed)), temperature=0,
@@ -75,7 +84,7 @@ def test_ray_serve_batches_concurrent_requests(ray_url, vlm):
     seeds = list(range(30, 36))
     with ThreadPoolExecutor(len(seeds)) as pool:
         got = list(pool.map(one, seeds))
-    assert got == [chat.generate(vlm, describe(s), max_new_tokens=32).text for s in seeds]
+    assert got == [expected[s].text for s in seeds]
     import httpx
 
     health = httpx.get(ray_url + "/health", timeout=30).json()

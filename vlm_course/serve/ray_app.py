@@ -14,7 +14,6 @@ router spreads requests over replicas; each replica batches what it receives.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import threading
@@ -22,7 +21,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, Field
 
-from ..errors import missing_extra
+from ..errors import BackendError, missing_extra
 from .app import ServerSettings, create_app
 
 APP_NAME = "vlm-course"
@@ -74,8 +73,10 @@ def _serve():
 def build_app(config: RayServeConfig):
     """The Ray Serve application (bind it with serve.run, or let start_ray do it)."""
     serve = _serve()
-    # The builder runs on the replica: the app, its model and its batcher are created there.
-    builder = functools.partial(create_app, config.server_settings())
+    settings = config.server_settings()
+
+    def builder():  # a plain function (Ray treats other callables as ASGI apps); it runs on the replica,
+        return create_app(settings)  # so the app, its model and its batcher are created there
 
     class VLMCourseServer:
         """A replica. It holds nothing itself: the FastAPI app owns the model."""
@@ -95,9 +96,18 @@ def start_ray(config: RayServeConfig, host: str = "127.0.0.1", port: int = 8000,
     import ray
 
     serve = _serve()
-    if not ray.is_initialized():
-        # A local instance for this process. Set RAY_ADDRESS to join an existing cluster instead.
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    for attempt in (1, 2):
+        if ray.is_initialized():
+            break
+        try:  # a local instance for this process; set RAY_ADDRESS to join an existing cluster instead
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception when its node fails to start
+            # Ray's raylet gives its Python agents a fixed 15 s to start; on a machine whose CPUs are busy
+            # they can miss it. One retry, then a clear error.
+            if attempt == 2 or "timed out during startup" not in str(e):
+                raise BackendError(f"Ray could not start a local instance: {e} On a busy machine Ray's helper "
+                                   "processes can miss their startup deadline; try again when the CPUs are "
+                                   "less loaded, or start Ray yourself (ray start --head) and set RAY_ADDRESS.") from e
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")  # returns once replicas are healthy
     return f"http://{host}:{port}"
