@@ -109,7 +109,7 @@ def test_an_error_in_generation_reaches_the_consumer(vlm):
                 pieces.append(piece)
         assert isinstance(info.value.__cause__, RuntimeError)
         assert s.tokens_generated == 3  # forward calls 1-3 produced tokens, call 4 failed
-        assert not s._thread.is_alive()
+        assert not s.running
     finally:
         hook.remove()
     assert generate(vlm, _conversations()[0], max_new_tokens=60).text.startswith("".join(pieces))
@@ -161,7 +161,7 @@ def test_close_stops_generation(vlm):
         first = next(s)
         assert first
         s.close()
-        assert not s._thread.is_alive()
+        assert not s.running
         produced = s.tokens_generated
         assert produced < max_new // 4, produced
         assert hook.calls <= produced + 1
@@ -179,7 +179,7 @@ def test_leaving_a_with_block_stops_generation(vlm):
     try:
         with stream(vlm, _conversations()[0], max_new_tokens=400) as s:
             next(s)
-        assert not s._thread.is_alive() and s.tokens_generated < 100
+        assert not s.running and s.tokens_generated < 100
     finally:
         hook.remove()
 

@@ -359,7 +359,13 @@ class Stream:
 
     @property
     def tokens_generated(self) -> int:
+        """How many tokens the model has produced so far (read or not)."""
         return self._streamer.tokens
+
+    @property
+    def running(self) -> bool:
+        """Whether the generation thread is still working."""
+        return self._thread.is_alive()
 
     def _run(self):
         kwargs = dict(self.kwargs)
