@@ -5,8 +5,8 @@ Python as its kernel; Playwright's Python package drives /usr/bin/chromium (no `
 install`). The test draws a scene with a known seed, asks "What do we see in this image?", waits
 for the streamed answer and compares it with the scene's true answer; asks a follow-up about a
 second scene; clears, uploads a PNG of a third scene through the file chooser and asks about it;
-tries an empty question and a failing URL and sees the messages; and saves a screenshot to
-test-output/browser/image_qa_app.png.
+tries an empty question and a failing URL and sees the messages; and saves screenshots to
+test-output/browser/ (image_qa_app_conversation.png after the follow-up, image_qa_app.png at the end).
 
 Without chromium the test skips with how to install it, except in CI (CI=true), where it fails.
 """
@@ -195,6 +195,7 @@ def test_image_qa_app_in_chromium(browser_present, voila_app, tmp_path):
             wait_for_answer(page, 2)
             expect(page.locator(".vlm-history .vlm-user")).to_have_count(2)
             second_answer = answers.nth(1).inner_text().strip()
+            page.screenshot(path=str(OUTPUT / "image_qa_app_conversation.png"), full_page=True)
 
             # Clear, then a real upload through the file chooser: a PNG of a third scene, in a new conversation.
             page.locator(".vlm-clear").click()
