@@ -408,3 +408,14 @@ def test_allow_local_false_refuses_paths(tmp_path):
 def test_image_error_is_catchable_as_value_error(tmp_path):
     with pytest.raises(ValueError):
         load_image(Path(tmp_path) / "missing.png")
+
+
+def test_data_uri_works_in_a_fresh_process():
+    # PIL's MIME table is empty until its plugins are registered: a fresh interpreter must still work.
+    import subprocess
+    import sys
+
+    code = ("from PIL import Image; from vlm_course.images import image_to_data_uri; "
+            "print(image_to_data_uri(Image.new('RGB', (4, 4)))[:22])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "data:image/png;base64,", out.stderr

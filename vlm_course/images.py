@@ -114,6 +114,7 @@ def image_to_data_uri(img: ImageSource, format: str = "PNG") -> str:
     fmt = format.upper()
     if fmt == "JPG":
         fmt = "JPEG"
+    Image.init()  # Image.MIME is empty until PIL has registered its plugins
     mime = Image.MIME.get(fmt)
     if mime is None:
         raise ImageError(f"Unknown image format {format!r} for a data URI. Use 'PNG' or 'JPEG'.")
