@@ -34,8 +34,10 @@ def test_the_tiny_model_is_an_ordinary_model_directory():
     model = AutoModelForImageTextToText.from_pretrained(TINY_MODEL_DIR)
     processor = AutoProcessor.from_pretrained(TINY_MODEL_DIR)
     assert type(model).__name__ == "Idefics2ForConditionalGeneration"
-    assert "<end_of_utterance>" in processor.tokenizer.additional_special_tokens or \
-        processor.tokenizer.convert_tokens_to_ids("<end_of_utterance>") != processor.tokenizer.unk_token_id
+    tokenizer = processor.tokenizer
+    for token in ("<image>", "<fake_token_around_image>", "<end_of_utterance>"):
+        ids = tokenizer(token, add_special_tokens=False).input_ids
+        assert len(ids) == 1 and ids[0] != tokenizer.unk_token_id, token  # one special token, not pieces
 
 
 def test_generation_stops_at_end_of_utterance(vlm):
