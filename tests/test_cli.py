@@ -51,4 +51,5 @@ def test_eval_prints_a_table():
 def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
     out = run("ask", str(tmp_path / "missing.png"), "What is this?")
     assert out.returncode == 2
-    assert out.stderr.startswith("error:") and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in out.stderr
+    assert "missing.png" in out.stderr

@@ -36,11 +36,14 @@ def cmd_draw(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from .chat import generate, stream, user
+    from .chat import generate, stream
+    from .images import load_image
     from .models import load_vlm
 
+    images = [load_image(src) for src in args.images]  # a bad image fails before the model loads
+    content = [{"type": "image", "image": img} for img in images] + [{"type": "text", "text": args.question}]
+    messages = [{"role": "user", "content": content}]
     vlm = load_vlm(args.model, device=args.device)
-    messages = [user(*args.images, args.question)] if args.images else [user(args.question)]
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     if args.stream:
         s = stream(vlm, messages, **options)
