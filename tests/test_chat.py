@@ -132,3 +132,11 @@ def test_chat_bench_reports_figures(vlm):
     assert b["speedup"] == pytest.approx(b["sequential_seconds"] / b["batch_seconds"])
     s = measure_stream_overhead(vlm, max_new_tokens=16, repeats=1, progress=False)
     assert s["same_text"] and s["completion_tokens"] > 0 and s["stream_time_to_first_token"] > 0
+
+
+def test_a_near_zero_temperature_is_greedy_not_an_overflow(vlm):
+    from vlm_course.chat import generate, user
+    from vlm_course.shapes import random_scene
+
+    messages = [user(random_scene(3).draw(), "What do we see in this image?")]
+    assert generate(vlm, messages, temperature=2e-311).text == generate(vlm, messages).text

@@ -29,6 +29,8 @@ from .images import load_image
 from .messages import assistant, image_sources, user, validate  # noqa: F401  (re-exported for learners)
 
 MAX_NEW_TOKENS_LIMIT = 4096
+# Below this a temperature is greedy in effect, and dividing the logits by it overflows them to inf.
+GREEDY_BELOW = 1e-4
 IMAGE_TOKEN = "<image>"
 
 
@@ -168,7 +170,7 @@ def generation_options(vlm, max_new_tokens: int = 64, temperature: float = 0.0, 
     if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise GenerationError(f"top_p must be a number in (0, 1], got {top_p!r}.")
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": vlm.tokenizer.pad_token_id}
-    if temperature > 0:
+    if temperature >= GREEDY_BELOW:
         kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p))
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -182,7 +184,7 @@ def generation_options(vlm, max_new_tokens: int = 64, temperature: float = 0.0, 
     return kwargs
 
 
-def _end_ids(vlm) -> set[int]:
+def end_token_ids(vlm) -> set[int]:
     eos = vlm.model.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
     end = vlm.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
@@ -191,14 +193,14 @@ def _end_ids(vlm) -> set[int]:
     return ids
 
 
-def _cut_at_stop(text: str, stops) -> tuple[str, bool]:
+def cut_at_stop(text: str, stops) -> tuple[str, bool]:
     cut = min((text.find(s) for s in stops or [] if s in text), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def _finish(vlm, new_ids: list[int], max_new_tokens: int, stops) -> tuple[list[int], str, str]:
+def finish_reply(vlm, new_ids: list[int], max_new_tokens: int, stops) -> tuple[list[int], str, str]:
     """Generated ids up to and including the first end token, their text, and the finish reason."""
-    ends = _end_ids(vlm)
+    ends = end_token_ids(vlm)
     for i, t in enumerate(new_ids):
         if t in ends:
             new_ids, reason = new_ids[: i + 1], "stop"
@@ -206,7 +208,7 @@ def _finish(vlm, new_ids: list[int], max_new_tokens: int, stops) -> tuple[list[i
     else:
         reason = "length" if len(new_ids) >= max_new_tokens else "stop"
     text = vlm.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
-    text, stopped = _cut_at_stop(text, stops)
+    text, stopped = cut_at_stop(text, stops)
     return new_ids, text.strip(), "stop" if stopped else reason
 
 
@@ -260,7 +262,7 @@ def _generate(vlm, conversations, options, clock_first_token: bool) -> list[Repl
     prompt_len = inputs["input_ids"].shape[1]
     replies = []
     for row in range(output.shape[0]):
-        new_ids, text, reason = _finish(vlm, output[row, prompt_len:].tolist(), kwargs["max_new_tokens"], stops)
+        new_ids, text, reason = finish_reply(vlm, output[row, prompt_len:].tolist(), kwargs["max_new_tokens"], stops)
         ttft = clock.first - start if clock and clock.first else None
         usage = Usage(int(inputs["attention_mask"][row].sum()), len(new_ids), seconds, ttft)
         replies.append(Reply(text, usage, reason, new_ids))
@@ -343,7 +345,7 @@ class Stream:
         self.text = ""  # what has been handed out so far
         self.token_ids: list[int] = []
         self._stops = self.kwargs.get("stop_strings")
-        self._ends = _end_ids(vlm)
+        self._ends = end_token_ids(vlm)
         self._decoder = _IncrementalDecoder(vlm.tokenizer)
         self._raw = ""  # everything decoded so far, before stripping and stop strings
         self._queue: queue.Queue = queue.Queue()
@@ -417,7 +419,7 @@ class Stream:
             return ""
         self._raw += self._decoder.add(token_id)
         visible = self._raw.lstrip()
-        visible, stopped = _cut_at_stop(visible, self._stops)
+        visible, stopped = cut_at_stop(visible, self._stops)
         if stopped:
             self._cancel.set()
             visible = visible.rstrip()
@@ -431,7 +433,7 @@ class Stream:
 
     def _flush(self) -> str:
         """The end: the final text exactly as generate would make it, and whatever of it was held back."""
-        new_ids, text, reason = _finish(self.vlm, self.token_ids, self.kwargs["max_new_tokens"], self._stops)
+        new_ids, text, reason = finish_reply(self.vlm, self.token_ids, self.kwargs["max_new_tokens"], self._stops)
         self.finish_reason, self.token_ids = reason, new_ids
         if not text.startswith(self.text):  # cannot happen unless decoding is not prefix-stable
             raise GenerationError(f"Internal error: streamed text {self.text!r} is not a prefix of the reply {text!r}.")

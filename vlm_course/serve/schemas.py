@@ -16,7 +16,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..chat import MAX_NEW_TOKENS_LIMIT
+from ..chat import GREEDY_BELOW, MAX_NEW_TOKENS_LIMIT
 
 
 class ImageURL(BaseModel):
@@ -89,8 +89,8 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("temperature")
     @classmethod
     def _temperature(cls, v):
-        # A temperature this close to 0 is greedy in effect, and dividing logits by it overflows to inf.
-        return 0.0 if v < 1e-4 else v
+        # chat treats these as greedy too; normalising here lets the batcher group them with greedy requests
+        return 0.0 if v < GREEDY_BELOW else v
 
     @field_validator("seed")
     @classmethod
