@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from ..chat import Usage, _cut_at_stop, _end_ids, _finish, generation_options, prepare
+from ..chat import Usage, cut_at_stop, end_token_ids, finish_reply, generation_options, prepare
 from ..errors import VLMCourseError
 
 
@@ -84,7 +84,7 @@ class _Row:
         text = self.vlm.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
         stopped = False
         if not text.endswith("\ufffd"):  # half a multi-byte character: wait for the rest
-            text, stopped = _cut_at_stop(text, self.job.stops)
+            text, stopped = cut_at_stop(text, self.job.stops)
             if text.startswith(self.sent) and len(text) > len(self.sent):
                 if self.job.stream:
                     self.job.emit(("delta", text[len(self.sent):]))
@@ -99,7 +99,7 @@ class _Row:
             return
         self.done = True
         self.cancelled = cancelled
-        ids, text, reason = _finish(self.vlm, self.ids, self.job.max_new_tokens, self.job.stops)
+        ids, text, reason = finish_reply(self.vlm, self.ids, self.job.max_new_tokens, self.job.stops)
         if cancelled:
             reason = "cancelled"
         if self.job.stream and text.startswith(self.sent) and len(text) > len(self.sent):
@@ -155,7 +155,7 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000
         self._queue: queue.Queue = queue.Queue()
         self._backlog: collections.deque[Job] = collections.deque()  # taken from the queue, not yet run
-        self._end_ids = _end_ids(vlm)
+        self.end_token_ids = end_token_ids(vlm)
         self.stats = {"requests": 0, "batches": 0, "rows": 0, "largest_batch": 0, "cancelled": 0,
                       "cancelled_tokens": [], "active": 0}
         self._closed = False
@@ -252,7 +252,7 @@ class Batcher:
         try:
             kwargs = generation_options(self.vlm, max_new_tokens=max(j.max_new_tokens for j in group),
                                         temperature=first.temperature, top_p=first.top_p, seed=first.seed)
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_FanOut(rows, self._end_ids, inputs["input_ids"].shape[1])])
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_FanOut(rows, self.end_token_ids, inputs["input_ids"].shape[1])])
             if any(j.logit_bias for j in group):
                 kwargs["logits_processor"] = LogitsProcessorList([_RowBias([j.logit_bias for j in group])])
             with torch.no_grad():

@@ -63,9 +63,9 @@ class LoadResult:
 def fixed_length_bias(vlm) -> dict[str, float]:
     """A logit_bias that bans the end-of-turn tokens, so every reply runs to max_tokens (vLLM's ignore_eos):
     benchmarks then compare servers doing exactly the same work."""
-    from ..chat import _end_ids
+    from ..chat import end_token_ids
 
-    return {str(t): -100 for t in sorted(_end_ids(vlm))}
+    return {str(t): -100 for t in sorted(end_token_ids(vlm))}
 
 
 def load_test(base_url: str, bodies: Sequence[dict], concurrency: int = 16, api_key: str = "none",
