@@ -8,8 +8,9 @@ import random
 import pytest
 
 from vlm_course.models import TINY_MODEL_DIR, load_vlm
-from vlm_course.tiny.build import build_processor, tokenizer_corpus, train_tokenizer
-from vlm_course.tiny.train import TrainConfig, answer_labels, learning_rate, make_batch, polish, polish_rate, train_tiny
+from vlm_course.tiny.build import build_processor, grid_sincos, tokenizer_corpus, train_tokenizer
+from vlm_course.tiny.train import (TrainConfig, answer_labels, batch_stream, learning_rate, make_batch, make_batches,
+                                   polish, polish_rate, train_tiny)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,49 @@ def test_labels_cover_only_the_answers_and_their_end_token(tokenizer):
         assert decoded.endswith("<end_of_utterance>")
 
 
+def test_batches_are_seeded_and_grouped_by_length(tokenizer):
+    import torch
+
+    processor = build_processor(tokenizer)
+    tokenizer.padding_side = "right"
+    cfg = TrainConfig(batch_size=8, group=4, workers=1)
+    from_worker = [next(it) for it in [batch_stream(processor, 5, cfg)] for _ in range(4)]
+    in_process = [next(it) for it in [batch_stream(processor, 5, TrainConfig(batch_size=8, group=4, workers=0))]
+                  for _ in range(4)]
+    for a, b in zip(from_worker, in_process):  # the same seed gives the same batches, in a worker or not
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+    assert not torch.equal(from_worker[0]["input_ids"], next(batch_stream(processor, 6, cfg))["input_ids"])
+
+    def padding(batches):
+        return sum(int((b["attention_mask"] == 0).sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)
+
+    args = (processor, random.Random(0), 16, [0], 0)
+    grouped = make_batches(*args, n_batches=8)
+    mixed = [make_batch(processor, random.Random(i), 16, [0], 0) for i in range(8)]
+    assert padding(grouped) < 0.5 * padding(mixed)
+
+
+def test_patch_targets_follow_the_drawn_objects():
+    from vlm_course.shapes.world import Scene, Thing
+    from vlm_course.tiny.vision_pretrain import COLOUR_CLASSES, SHAPE_CLASSES, patch_targets
+
+    scene = Scene((Thing("square", "red", 0, 0, 1 / 6, 1 / 6, 0.14), Thing("circle", "blue", 2, 2, 5 / 6, 5 / 6, 0.12)))
+    shapes, colours = (t.view(8, 8) for t in patch_targets(scene, 64, 8))
+    assert shapes[1, 1] == SHAPE_CLASSES.index("square") and colours[1, 1] == COLOUR_CLASSES.index("red")
+    assert shapes[6, 6] == SHAPE_CLASSES.index("circle") and colours[6, 6] == COLOUR_CLASSES.index("blue")
+    assert shapes[4, 4] == colours[4, 4] == 0 and shapes[0, 7] == 0  # background in the middle and a far corner
+    assert int((shapes > 0).sum()) < 20  # only the patches the two objects cover
+
+
+def test_vision_positions_start_as_a_grid():
+    table = grid_sincos(64, 64)  # 8 x 8 patches
+    assert table.shape == (64, 64) and abs(float(table.std()) - 1) < 1e-5
+    distance = lambda a, b: float((table[a] - table[b]).norm())
+    # neighbours are closer than far cells, along rows and along columns alike
+    assert distance(0, 1) < distance(0, 7) and distance(0, 8) < distance(0, 56)
+    assert abs(distance(0, 1) - distance(0, 8)) < 1e-5
+
+
 def test_answer_labels_on_a_hand_made_sequence():
     import torch
 
@@ -58,17 +102,19 @@ def test_schedule_warms_up_holds_and_decays():
 
 
 def test_a_short_training_run_saves_a_loadable_model(tmp_path):
-    out = train_tiny(tmp_path / "tiny", TrainConfig(steps=3, polish_steps=0, batch_size=4, checkpoint_every=10),
-                     progress=False)
+    out = train_tiny(tmp_path / "tiny", TrainConfig(vision_steps=2, steps=3, polish_steps=0, batch_size=4,
+                                                    checkpoint_every=10), progress=False)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "loss_curve.png"):
         assert (out / name).is_file(), name
     log = json.loads((out / "training.json").read_text())
     assert log["steps_done"] == 3 and log["history"][0]["loss"] > 0
+    assert log["vision_pretraining"]["steps"] == 2 and log["seconds"] >= log["vision_pretraining"]["seconds"]
     assert log["parameters"]["total"] == sum(log["parameters"][k] for k in ("vision", "connector", "text", "lm_head"))
     before = (out / "model.safetensors").read_bytes()
     polish(out, TrainConfig(steps=3, polish_steps=2, batch_size=4), progress=False)  # the second stage, resumed
     log = json.loads((out / "training.json").read_text())
     assert log["steps_done"] == 5 and (out / "model.safetensors").read_bytes() != before
+    assert "vision_pretraining" in log  # the record of stage 0 survives the resumed stage
     vlm = load_vlm(out)
     assert vlm.model.generation_config.eos_token_id[-1] == vlm.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
 

@@ -97,8 +97,8 @@ def cmd_train_tiny(args) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shares the CPU gracefully with other work
     from .tiny.train import TrainConfig, train_tiny
 
-    cfg = TrainConfig(steps=args.steps, polish_steps=args.polish_steps, batch_size=args.batch_size, seed=args.seed,
-                      threads=args.threads)
+    cfg = TrainConfig(vision_steps=args.vision_steps, steps=args.steps, polish_steps=args.polish_steps, batch_size=args.batch_size, seed=args.seed,
+                      threads=args.threads, workers=args.workers)
     out = train_tiny(args.out, cfg)
     print(f"saved the trained model and its loss curve to {out}")
     print(f"evaluate it with: vlm-course eval --model {out}")
@@ -148,11 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("train-tiny", help="train the tiny Idefics2 from scratch (CPU, tens of minutes)")
     sp.add_argument("--out", default="runs/tiny")
-    sp.add_argument("--steps", type=int, default=12_000, help="steps of the main stage")
-    sp.add_argument("--polish-steps", type=int, default=2_500, help="steps of the second, lower-rate stage")
+    sp.add_argument("--vision-steps", type=int, default=1_500, help="steps of the vision tower's pretraining (stage 0)")
+    sp.add_argument("--steps", type=int, default=14_000, help="steps of the main stage")
+    sp.add_argument("--polish-steps", type=int, default=1_500, help="steps of the second, lower-rate stage")
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--threads", type=int, default=2)
+    sp.add_argument("--threads", type=int, default=1, help="torch threads for the model (more rarely helps it)")
+    sp.add_argument("--workers", type=int, default=1, help="processes drawing batches (0: draw them in-process)")
     sp.set_defaults(func=cmd_train_tiny)
 
     sub.add_parser("bench", help="measure speed, memory and quality (see: vlm-course bench --help)")

@@ -115,21 +115,33 @@ def draw_scene(scene: Scene, size: int = 128, jitter: float = 0.0, rng: random.R
     for t in scene.things:
         x = (t.x + rng.uniform(-jitter, jitter)) * size
         y = (t.y + rng.uniform(-jitter, jitter)) * size
-        r = t.radius * size
-        fill = COLOURS[t.colour]
-        if t.shape == "circle":
-            pen.ellipse([x - r, y - r, x + r, y + r], fill=fill)
-        elif t.shape == "square":
-            s = r * 0.88  # a square of the same area impression as the circle
-            pen.rectangle([x - s, y - s, x + s, y + s], fill=fill)
-        else:
-            pen.polygon([(x, y - r), (x + r * 0.95, y + r * 0.8), (x - r * 0.95, y + r * 0.8)], fill=fill)
+        draw_shape(pen, t.shape, x, y, t.radius * size, COLOURS[t.colour])
     if blur:
         img = img.filter(ImageFilter.GaussianBlur(blur))
     if jpeg_quality:
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=jpeg_quality)
         img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return img
+
+
+def draw_shape(pen: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, fill) -> None:
+    """One shape centred at (x, y) pixels, of "radius" r pixels."""
+    if shape == "circle":
+        pen.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+    elif shape == "square":
+        s = r * 0.88  # a square of the same area impression as the circle
+        pen.rectangle([x - s, y - s, x + s, y + s], fill=fill)
+    else:
+        pen.polygon([(x, y - r), (x + r * 0.95, y + r * 0.8), (x - r * 0.95, y + r * 0.8)], fill=fill)
+
+
+def label_map(scene: Scene, size: int) -> Image.Image:
+    """A greyscale image of `size` pixels where each object is painted with its index + 1 (0: background)."""
+    img = Image.new("L", (size, size), 0)
+    pen = ImageDraw.Draw(img)
+    for i, t in enumerate(scene.things):
+        draw_shape(pen, t.shape, t.x * size, t.y * size, t.radius * size, i + 1)
     return img
 
 

@@ -78,6 +78,10 @@ def build_model(config: Idefics2Config, seed: int = 0) -> Idefics2ForConditional
     with torch.no_grad():
         latents = model.model.connector.perceiver_resampler.latents
         latents.copy_(torch.randn_like(latents))
+        # Start the vision tower knowing where each patch is (row and column as sines and cosines), so
+        # "at the top" and "at the bottom" need not be discovered from scratch. Still learnt afterwards.
+        positions = model.model.vision_model.embeddings.position_embedding.weight
+        positions.copy_(grid_sincos(positions.shape[0], positions.shape[1]) * 0.1)  # ~ the patch embeddings' scale
     eos = [config.text_config.eos_token_id, _token_id(config, "<end_of_utterance>")]
     model.generation_config.eos_token_id = eos  # generation stops at <end_of_utterance>
     model.generation_config.pad_token_id = config.text_config.pad_token_id
@@ -85,6 +89,20 @@ def build_model(config: Idefics2Config, seed: int = 0) -> Idefics2ForConditional
     model.generation_config.do_sample = False
     model.generation_config.max_new_tokens = 64
     return model
+
+
+def grid_sincos(n_positions: int, dim: int) -> torch.Tensor:
+    """2-D sine-cosine embeddings for a square grid of patches in row-major order, scaled to unit std."""
+    side = int(n_positions ** 0.5)
+    quarter = dim // 4
+    freq = 1.0 / (100.0 ** (torch.arange(quarter) / quarter))
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    parts = []
+    for coord in (rows.flatten(), cols.flatten()):
+        angle = coord[:, None].float() * freq[None, :]
+        parts += [angle.sin(), angle.cos()]
+    table = torch.cat(parts, dim=1)
+    return table / table.std()
 
 
 def _token_id(config: Idefics2Config, token: str) -> int:

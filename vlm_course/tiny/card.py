@@ -28,13 +28,14 @@ Image splitting is off: at {image_size} pixels a crop would show the tower nothi
 Trained from scratch by `vlm-course train-tiny` (`vlm_course/tiny/train.py`), seed {seed}:
 - **Data**: every batch freshly drawn from the shapes world (1-3 objects in distinct cells of an invisible
   3x3 grid, anywhere on the canvas; 3 shapes x 6 colours; a shape may repeat in another colour, a colour on
-  another shape). Nine question families drawn equally (out-of-world questions less often): what do we
-  see, colour / shape of an object, counts, existence, position, two images (difference, which has more),
-  the multi-turn dialogue, detailed description, and questions outside the world. Half the images are
+  another shape). Nine question families: what do we see, colour / shape of an object, counts, existence,
+  position, two images (difference, which has more), the multi-turn dialogue, detailed description, and
+  questions outside the world, drawn with weights {weights}. Half the images are
   clean, half varied: drawn at 64-256 px, tinted background, JPEG at quality 60-90, a few pixels of jitter.
 - **Tokenizer**: byte-level BPE, {vocab} tokens, trained on the course's own strings (any text still encodes).
 - **Loss**: only the assistant's answers and their `<end_of_utterance>`; prompt, image and padding tokens are -100.
-- **Recipe**: AdamW (betas 0.9/0.98, no weight decay), batch {batch}, peak learning rate {lr}, {warmup} warm-up
+- **Stage 0, the vision tower alone** (`vision_pretrain.py`): {stage0}
+- **Stages 1 and 2, the whole model**: AdamW (betas 0.9/0.98, no weight decay), batch {batch}, peak learning rate {lr}, {warmup} warm-up
   steps, held at the peak for {hold:.0%} of the run, then cosine to {min_lr}; gradient clipping {clip}; {steps1:,} steps;
   then a polishing stage of {polish:,} steps with a fresh optimizer, peak {polish_lr}, cosine to {min_lr}.
 - **Time**: {minutes:.0f} minutes for {steps:,} steps on a 2-core CPU ({ms:.0f} ms a step; the CPU was shared with
@@ -116,9 +117,21 @@ def write_card(model_dir: str | Path) -> Path:
         steps=log["steps_done"], steps1=cfg["steps"], polish=cfg.get("polish_steps", 0),
         polish_lr=cfg.get("polish_lr", "-"), single=single, short=short, minutes=log["seconds"] / 60, ms=1000 * log["seconds"] / max(1, log["steps_done"]),
         n=n, eval_rows=eval_rows, perturbed=perturbed,
+        weights=", ".join(f"{f} {w:g}" for f, w in cfg.get("family_weights", {}).items()) or "equal",
+        stage0=_stage0(log.get("vision_pretraining")),
     )
     (d / "README.md").write_text(text)
     return d / "README.md"
+
+
+def _stage0(record: dict | None) -> str:
+    if not record:
+        return "none (the tower learnt to see through the answers alone)."
+    return (f"{record['steps']:,} steps of batch {record['batch_size']} images, peak rate {record['lr']}, predicting for every "
+            f"patch the shape and colour of the object on it (or background), with two linear heads thrown away "
+            f"afterwards; {record['seconds'] / 60:.1f} minutes; it ended at {record['patch_shape_accuracy']:.0%} shape and "
+            f"{record['patch_colour_accuracy']:.0%} colour accuracy on the patches that show an object. Idefics2 itself "
+            f"starts from a pretrained vision encoder (SigLIP); this stage plays that part.")
 
 
 def parameter_counts(model) -> dict[str, int]:

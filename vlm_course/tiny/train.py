@@ -17,27 +17,34 @@ import torch
 from tqdm.auto import tqdm
 
 from ..shapes.questions import FAMILIES, make_sample, render_training
+from .vision_pretrain import pretrain_vision
 from .build import ARCHITECTURE, build_config, build_model, build_processor, tokenizer_corpus, train_tokenizer
 
-# How often each question family is drawn during training.
-FAMILY_WEIGHTS = {"describe": 1.0, "attribute": 1.0, "count": 1.0, "exists": 1.0, "position": 1.0,
-                  "two_images": 1.0, "multi_turn": 1.0, "description": 1.0, "unknown": 0.3}
+# How often each question family is drawn during training: more of what needs binding a shape to its
+# place or colour (position, attribute, description), less of what is learnt early (count, unknown).
+FAMILY_WEIGHTS = {"describe": 1.0, "attribute": 1.5, "count": 0.7, "exists": 1.0, "position": 2.0,
+                  "two_images": 1.0, "multi_turn": 0.8, "description": 1.5, "unknown": 0.2}
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 12_000
+    vision_steps: int = 1_500  # stage 0: the vision tower alone learns to see shapes (vision_pretrain.py)
+    vision_lr: float = 2e-3
+    steps: int = 14_000
     batch_size: int = 32
     lr: float = 5e-4
     min_lr: float = 5e-5
     warmup: int = 200
     hold: float = 0.5  # fraction of the run at the peak rate: shapes are learnt late, so keep the rate up
-    polish_steps: int = 2_500  # a second stage with a fresh optimizer at a lower rate
+    polish_steps: int = 1_500  # a second stage with a fresh optimizer at a lower rate
     polish_lr: float = 2e-4
     weight_decay: float = 0.0
     clip: float = 1.0
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # the tiny model's matrices are too small for a second thread to help...
+    workers: int = 1  # ...so the other core draws and renders the batches in a DataLoader worker
+    group: int = 8  # batches drawn together and grouped by length, to waste little on padding
+    family_weights: dict = field(default_factory=lambda: dict(FAMILY_WEIGHTS))
     checkpoint_every: int = 1_000
     architecture: dict = field(default_factory=lambda: ARCHITECTURE)
 
@@ -70,13 +77,53 @@ def answer_labels(input_ids: torch.Tensor, assistant_ids: list[int], end_id: int
     return labels
 
 
-def make_batch(processor, rng: random.Random, batch_size: int, assistant_ids: list[int], end_id: int):
-    families, weights = zip(*FAMILY_WEIGHTS.items())
-    samples = [make_sample(rng.choices(families, weights)[0], rng, render_training) for _ in range(batch_size)]
+def make_batches(processor, rng: random.Random, batch_size: int, assistant_ids: list[int], end_id: int,
+                 n_batches: int = 1, weights: dict | None = None) -> list:
+    """`n_batches` training batches of freshly drawn samples, grouped by length (short with short)."""
+    families, w = zip(*(weights or FAMILY_WEIGHTS).items())
+    samples = [make_sample(rng.choices(families, w)[0], rng, render_training) for _ in range(batch_size * n_batches)]
     texts = [processor.apply_chat_template(s.messages) for s in samples]
-    batch = processor(text=texts, images=[s.images for s in samples], return_tensors="pt", padding=True)
-    batch["labels"] = answer_labels(batch["input_ids"], assistant_ids, end_id)
-    return batch
+    lengths = [len(t) for t in texts]  # characters: close enough to tokens for grouping
+    order = sorted(range(len(samples)), key=lengths.__getitem__)
+    batches = []
+    for k in range(n_batches):
+        rows = order[k * batch_size:(k + 1) * batch_size]
+        batch = processor(text=[texts[i] for i in rows], images=[samples[i].images for i in rows],
+                          return_tensors="pt", padding=True)
+        batch["labels"] = answer_labels(batch["input_ids"], assistant_ids, end_id)
+        batches.append(batch)
+    rng.shuffle(batches)
+    return batches
+
+
+def make_batch(processor, rng: random.Random, batch_size: int, assistant_ids: list[int], end_id: int):
+    return make_batches(processor, rng, batch_size, assistant_ids, end_id)[0]
+
+
+class ShapesBatches(torch.utils.data.IterableDataset):
+    """An endless, seeded stream of training batches; run in a DataLoader worker it overlaps with training."""
+
+    def __init__(self, processor, seed: int, cfg: "TrainConfig"):
+        self.processor, self.seed, self.cfg = processor, seed, cfg
+        tokenizer = processor.tokenizer
+        self.assistant_ids = tokenizer("\nAssistant:", add_special_tokens=False).input_ids[1:]  # after the newline
+        self.end_id = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+
+    def __iter__(self):
+        torch.set_num_threads(1)
+        rng = random.Random(self.seed)
+        while True:
+            yield from make_batches(self.processor, rng, self.cfg.batch_size, self.assistant_ids, self.end_id,
+                                    self.cfg.group, self.cfg.family_weights)
+
+
+def batch_stream(processor, seed: int, cfg: "TrainConfig"):
+    """Batches from `cfg.workers` background processes (0: drawn in this process, between steps)."""
+    data = ShapesBatches(processor, seed, cfg)
+    if cfg.workers == 0:
+        return iter(data)
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=cfg.workers, prefetch_factor=4)
+    return iter(loader)
 
 
 def plot_loss(history: list[dict], path: Path) -> None:
@@ -99,8 +146,9 @@ def plot_loss(history: list[dict], path: Path) -> None:
 def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True) -> Path:
     """Train a tiny Idefics2 from scratch and save it (save_pretrained layout) with its loss curve to `out_dir`.
 
-    Two stages: `cfg.steps` steps of the main schedule, then `cfg.polish_steps` at a lower rate with a fresh
-    optimizer (the same as `polish(out_dir, cfg)` run later on the saved first stage).
+    Stage 0: `cfg.vision_steps` steps of the vision tower alone on patch targets (see vision_pretrain.py).
+    Stage 1: `cfg.steps` steps of the whole model on the answers. Stage 2: `cfg.polish_steps` at a lower
+    rate with a fresh optimizer (the same as `polish(out_dir, cfg)` run later on the saved stage 1).
     """
     cfg = cfg or TrainConfig()
     out = Path(out_dir)
@@ -110,10 +158,19 @@ def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bo
     tokenizer = train_tokenizer(tokenizer_corpus(seed=cfg.seed + 12345))
     processor = build_processor(tokenizer)
     model = build_model(build_config(tokenizer, cfg.architecture), seed=cfg.seed)
-    rng = random.Random(cfg.seed + 1_000_003)  # evaluation draws from small seeds; training from far away
-    history = _run(model, processor, rng, cfg, out, stage=1, progress=progress)
+    extra = {}
+    if cfg.vision_steps:  # drawn in this process, so it may use the data workers' cores too
+        torch.set_num_threads(cfg.threads + cfg.workers)
+        extra["vision_pretraining"] = pretrain_vision(model, processor, cfg.vision_steps, lr=cfg.vision_lr,
+                                                      seed=cfg.seed, progress=progress)
+        torch.set_num_threads(cfg.threads)
+    # evaluation draws from small seeds; training from far away
+    seconds = extra.get("vision_pretraining", {}).get("seconds", 0.0)  # the clock counts every stage
+    history = _run(model, processor, cfg.seed + 1_000_003, cfg, out, stage=1, progress=progress,
+                   seconds_before=seconds, extra=extra)
     if cfg.polish_steps:
-        _run(model, processor, random.Random(cfg.seed + 2_000_003), cfg, out, stage=2, progress=progress, history=history)
+        _run(model, processor, cfg.seed + 2_000_003, cfg, out, stage=2, progress=progress, history=history,
+             seconds_before=json.loads((out / "training.json").read_text())["seconds"], extra=extra)
     return out
 
 
@@ -128,8 +185,8 @@ def polish(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool =
     processor = AutoProcessor.from_pretrained(out)
     model = AutoModelForImageTextToText.from_pretrained(out)
     log = json.loads((out / "training.json").read_text())
-    _run(model, processor, random.Random(cfg.seed + 2_000_003), cfg, out, stage=2, progress=progress,
-         history=log["history"], seconds_before=log["seconds"])
+    _run(model, processor, cfg.seed + 2_000_003, cfg, out, stage=2, progress=progress,
+         history=log["history"], seconds_before=log["seconds"], extra={k: log[k] for k in ("vision_pretraining",) if k in log})
     return out
 
 
@@ -142,23 +199,21 @@ def polish_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.polish_lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def _run(model, processor, rng, cfg: TrainConfig, out: Path, stage: int, progress: bool,
-         history: list[dict] | None = None, seconds_before: float = 0.0) -> list[dict]:
-    tokenizer = processor.tokenizer
-    assistant_ids = tokenizer("\nAssistant:", add_special_tokens=False).input_ids[1:]  # after the newline
-    end_id = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
-    tokenizer.padding_side = "right"  # training pads on the right; generation (the saved default) on the left
+def _run(model, processor, data_seed: int, cfg: TrainConfig, out: Path, stage: int, progress: bool,
+         history: list[dict] | None = None, seconds_before: float = 0.0, extra: dict | None = None) -> list[dict]:
+    processor.tokenizer.padding_side = "right"  # training pads on the right; generation (the saved default) on the left
+    batches = batch_stream(processor, data_seed, cfg)
     model.train()
     steps, rate = (cfg.steps, learning_rate) if stage == 1 else (cfg.polish_steps, polish_rate)
     first = 0 if stage == 1 else cfg.steps  # global step numbers continue across stages
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    history, smoothed, start = history if history is not None else [], None, time.time() - seconds_before
+    history, smoothed = history if history is not None else [], None
+    start = time.time() - seconds_before
     bar = tqdm(range(steps), desc=f"training tiny Idefics2 (stage {stage})", disable=not progress, mininterval=2)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = rate(step, cfg)
-        batch = make_batch(processor, rng, cfg.batch_size, assistant_ids, end_id)
-        loss = model(**batch).loss
+        loss = model(**next(batches)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -168,19 +223,20 @@ def _run(model, processor, rng, cfg: TrainConfig, out: Path, stage: int, progres
             history.append({"step": first + step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)})
             bar.set_postfix(loss=f"{smoothed:.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
-            _save(model, processor, out, cfg, history, first + step + 1, time.time() - start)
+            _save(model, processor, out, cfg, history, first + step + 1, time.time() - start, extra)
     model.eval()
     return history
 
 
-def _save(model, processor, out: Path, cfg: TrainConfig, history: list[dict], steps_done: int, seconds: float) -> None:
+def _save(model, processor, out: Path, cfg: TrainConfig, history: list[dict], steps_done: int, seconds: float,
+          extra: dict | None = None) -> None:
     processor.tokenizer.padding_side = "left"
     model.save_pretrained(out)
     processor.save_pretrained(out)
     processor.tokenizer.padding_side = "right"
     from .card import parameter_counts
 
-    record = {"config": asdict(cfg), "steps_done": steps_done,
+    record = {**(extra or {}), "config": asdict(cfg), "steps_done": steps_done,
               "seconds": round(seconds, 1), "parameters": parameter_counts(model), "history": history}
     (out / "training.json").write_text(json.dumps(record))
     plot_loss(history, out / "loss_curve.png")
