@@ -51,6 +51,9 @@ def test_batches_are_seeded_and_grouped_by_length(tokenizer):
     for a, b in zip(from_worker, in_process):  # the same seed gives the same batches, in a worker or not
         assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
     assert not torch.equal(from_worker[0]["input_ids"], next(batch_stream(processor, 6, cfg))["input_ids"])
+    two = batch_stream(processor, 5, TrainConfig(batch_size=8, group=1, workers=2))
+    first, second = next(two), next(two)  # one from each worker: two streams, not one stream twice
+    assert not torch.equal(first["pixel_values"], second["pixel_values"])
 
     def padding(batches):
         return sum(int((b["attention_mask"] == 0).sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..shapes.questions import FAMILIES, make_sample, render_training
+from ..shapes.questions import make_sample, render_training
 from .vision_pretrain import pretrain_vision
 from .build import ARCHITECTURE, build_config, build_model, build_processor, tokenizer_corpus, train_tokenizer
 
@@ -111,7 +111,8 @@ class ShapesBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         torch.set_num_threads(1)
-        rng = random.Random(self.seed)
+        worker = torch.utils.data.get_worker_info()  # each worker its own stream, or they would repeat each other
+        rng = random.Random(self.seed + (worker.id * 7_919 if worker else 0))
         while True:
             yield from make_batches(self.processor, rng, self.cfg.batch_size, self.assistant_ids, self.end_id,
                                     self.cfg.group, self.cfg.family_weights)
@@ -166,11 +167,11 @@ def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bo
         torch.set_num_threads(cfg.threads)
     # evaluation draws from small seeds; training from far away
     seconds = extra.get("vision_pretraining", {}).get("seconds", 0.0)  # the clock counts every stage
-    history = _run(model, processor, cfg.seed + 1_000_003, cfg, out, stage=1, progress=progress,
-                   seconds_before=seconds, extra=extra)
+    history, seconds = _run(model, processor, cfg.seed + 1_000_003, cfg, out, stage=1, progress=progress,
+                            seconds_before=seconds, extra=extra)
     if cfg.polish_steps:
         _run(model, processor, cfg.seed + 2_000_003, cfg, out, stage=2, progress=progress, history=history,
-             seconds_before=json.loads((out / "training.json").read_text())["seconds"], extra=extra)
+             seconds_before=seconds, extra=extra)
     return out
 
 
@@ -200,7 +201,9 @@ def polish_rate(step: int, cfg: TrainConfig) -> float:
 
 
 def _run(model, processor, data_seed: int, cfg: TrainConfig, out: Path, stage: int, progress: bool,
-         history: list[dict] | None = None, seconds_before: float = 0.0, extra: dict | None = None) -> list[dict]:
+         history: list[dict] | None = None, seconds_before: float = 0.0,
+         extra: dict | None = None) -> tuple[list[dict], float]:
+    """One stage; returns the loss history and the seconds on the clock at its end (earlier stages included)."""
     processor.tokenizer.padding_side = "right"  # training pads on the right; generation (the saved default) on the left
     batches = batch_stream(processor, data_seed, cfg)
     model.train()
@@ -225,7 +228,7 @@ def _run(model, processor, data_seed: int, cfg: TrainConfig, out: Path, stage: i
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
             _save(model, processor, out, cfg, history, first + step + 1, time.time() - start, extra)
     model.eval()
-    return history
+    return history, time.time() - start
 
 
 def _save(model, processor, out: Path, cfg: TrainConfig, history: list[dict], steps_done: int, seconds: float,
