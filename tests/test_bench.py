@@ -79,3 +79,14 @@ def test_cli_refuses_config_without_random_weights(tmp_path, capsys):
 def test_cli_reports_a_bad_spec_clearly(capsys):
     assert bench.main(["--configs", "fp33"]) == 2
     assert "Unknown part 'fp33'" in capsys.readouterr().err
+
+
+def test_cli_chat_suite_measures_batching_and_streaming(tmp_path, capsys):
+    assert bench.main(["--suite", "chat", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "chat.json").read_text())
+    batching, streaming = record["batching"], record["streaming"]
+    assert batching["conversations"] == 16 and batching["same_replies"] and batching["completion_tokens"] > 16
+    assert set(batching["images"]) == {1, 2}  # one- and two-image conversations in the same batch
+    assert streaming["same_text"] and streaming["completion_tokens"] > 10
+    assert batching["speedup"] > 0 and streaming["stream_seconds"] > 0  # measured, not asserted: timings vary
+    assert "generate_batch of 16 conversations" in capsys.readouterr().out

@@ -358,12 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="examples:\n  vlm-course bench --suite quant\n"
                                        "  vlm-course bench --configs fp32,bf16+sdpa,bnb-4bit --n 50\n"
+                                       "  vlm-course bench --suite chat --repeats 5\n"
                                        "  vlm-course bench --config idefics2-8b --random-weights --configs bf16,bnb-4bit"
                                        "   (on a GPU)")
     p.add_argument("--model", default=None, help="hub id or directory (default: the tiny model)")
     p.add_argument("--config", default=None, help="with --random-weights: 'tiny', 'idefics2-8b' or a config path")
     p.add_argument("--random-weights", action="store_true", help="build --config with random weights (no download)")
-    p.add_argument("--suite", default="quant", choices=["quant", "attention", "all"])
+    p.add_argument("--suite", default="quant", choices=["quant", "attention", "all", "chat"],
+                   help="chat: generate_batch vs sequential generate, and stream vs generate (lessons 02-03)")
     p.add_argument("--configs", default=None, help="comma-separated specs, e.g. fp32,bf16+sdpa,bnb-4bit (overrides --suite)")
     p.add_argument("--device", default=None)
     p.add_argument("--n", type=int, default=20, help="questions per family for answer quality (0: skip)")
@@ -394,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_cli(args) -> int:
+    if args.suite == "chat" and not args.configs:
+        return _run_chat(args)
     configs = args.configs.split(",") if args.configs else suite(args.suite, args.device)
     name = args.name or (args.suite if not args.configs else "bench")
     options = dict(device=args.device, n=args.n, families=args.families.split(","), max_new_tokens=args.max_new_tokens,
@@ -415,6 +419,29 @@ def _run_cli(args) -> int:
     print(format_rows(rows))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 1 if all(r.get("error") for r in rows) else 0
+
+
+def _run_chat(args) -> int:
+    """What batching buys and what streaming costs, on one loaded model (vlm_course.chat_bench)."""
+    from .chat_bench import measure_batching, measure_stream_overhead
+    from .models import load_vlm
+
+    vlm = load_vlm(args.model, device=args.device)
+    batching = measure_batching(vlm, n=16, repeats=args.repeats)
+    streaming = measure_stream_overhead(vlm, repeats=max(args.repeats, 5))
+    print(f"generate_batch of {batching['conversations']} conversations: {batching['batch_tokens_per_second']:.0f} tokens/s "
+          f"vs {batching['sequential_tokens_per_second']:.0f} tokens/s for the same {batching['completion_tokens']} tokens "
+          f"one conversation at a time: {batching['speedup']:.2f}x (fastest runs {batching['speedup_of_fastest_runs']:.2f}x); "
+          f"same replies: {batching['same_replies']}")
+    print(f"stream vs generate ({streaming['completion_tokens']} tokens): {streaming['overhead']:+.1%} wall time "
+          f"(fastest runs {streaming['overhead_of_fastest_runs']:+.1%}); same text: {streaming['same_text']}; "
+          f"first token after {1000 * streaming['stream_time_to_first_token']:.0f} ms")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{args.name or 'chat'}.json"
+    path.write_text(json.dumps({"model": vlm.name, "batching": batching, "streaming": streaming}, indent=2))
+    print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
