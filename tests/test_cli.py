@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,10 +43,16 @@ def test_ask_streams_and_reports_usage(tmp_path):
     assert '"time_to_first_token"' in out.stderr
 
 
-def test_eval_prints_a_table():
-    out = run("eval", "--n", "4", "--families", "describe,count", "--no-perturbed")
+def test_eval_prints_a_table_and_writes_the_scores(tmp_path):
+    out = run("eval", "--n", "12", "--families", "describe,position", "--no-perturbed", "--json", str(tmp_path / "s.json"))
     assert out.returncode == 0, out.stderr
-    assert "describe" in out.stdout and "count" in out.stdout and "accuracy" in out.stdout
+    assert "describe" in out.stdout and "position" in out.stdout and "accuracy" in out.stdout
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert set(scores) == {"describe", "position"}
+    for s in scores.values():
+        assert s["total"] == 12 and s["accuracy"] == s["correct"] / 12
+        assert len(s["mistakes"]) == min(5, 12 - s["correct"])  # kept for the model card
+        assert all(set(m) == {"question", "expected", "got"} and m["expected"] != m["got"] for m in s["mistakes"])
 
 
 def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):

@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from vlm_course.models import TINY_MODEL_DIR, load_vlm
 from vlm_course.tiny.build import build_processor, grid_sincos, tokenizer_corpus, train_tokenizer
@@ -40,8 +41,6 @@ def test_labels_cover_only_the_answers_and_their_end_token(tokenizer):
 
 
 def test_batches_are_seeded_and_grouped_by_length(tokenizer):
-    import torch
-
     processor = build_processor(tokenizer)
     tokenizer.padding_side = "right"
     cfg = TrainConfig(batch_size=8, group=4, workers=1)
@@ -66,13 +65,16 @@ def test_batches_are_seeded_and_grouped_by_length(tokenizer):
 
 def test_patch_targets_follow_the_drawn_objects():
     from vlm_course.shapes.world import Scene, Thing
-    from vlm_course.tiny.vision_pretrain import COLOUR_CLASSES, SHAPE_CLASSES, patch_targets
+    from vlm_course.tiny.vision_pretrain import CELL_CLASSES, COLOUR_CLASSES, SHAPE_CLASSES, patch_targets
 
     scene = Scene((Thing("square", "red", 0, 0, 1 / 6, 1 / 6, 0.14), Thing("circle", "blue", 2, 2, 5 / 6, 5 / 6, 0.12)))
-    shapes, colours = (t.view(8, 8) for t in patch_targets(scene, 64, 8))
+    shapes, colours, cells = (t.view(8, 8) for t in patch_targets(scene, 64, 8))
     assert shapes[1, 1] == SHAPE_CLASSES.index("square") and colours[1, 1] == COLOUR_CLASSES.index("red")
     assert shapes[6, 6] == SHAPE_CLASSES.index("circle") and colours[6, 6] == COLOUR_CLASSES.index("blue")
-    assert shapes[4, 4] == colours[4, 4] == 0 and shapes[0, 7] == 0  # background in the middle and a far corner
+    assert cells[1, 1] == CELL_CLASSES.index("at the top left") and cells[6, 6] == CELL_CLASSES.index("at the bottom right")
+    # a patch across the first column's border still names its object's cell
+    assert cells[1, 2] == CELL_CLASSES.index("at the top left")
+    assert shapes[4, 4] == colours[4, 4] == cells[4, 4] == 0 and shapes[0, 7] == 0  # background in the middle and a far corner
     assert int((shapes > 0).sum()) < 20  # only the patches the two objects cover
 
 
@@ -86,8 +88,6 @@ def test_vision_positions_start_as_a_grid():
 
 
 def test_answer_labels_on_a_hand_made_sequence():
-    import torch
-
     ids = torch.tensor([[1, 9, 7, 8, 5, 5, 6, 0, 7, 8, 4, 6, 0]])  # 7, 8 = "Assistant:", 6 = end
     labels = answer_labels(ids, [7, 8], 6)
     assert labels.tolist() == [[-100, -100, -100, -100, 5, 5, 6, -100, -100, -100, 4, 6, -100]]
@@ -120,6 +120,18 @@ def test_a_short_training_run_saves_a_loadable_model(tmp_path):
     assert "vision_pretraining" in log  # the record of stage 0 survives the resumed stage
     vlm = load_vlm(out)
     assert vlm.model.generation_config.eos_token_id[-1] == vlm.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+
+
+def test_training_is_seeded(tmp_path):
+    """The same seed retrains the same weights (the batches come from a worker process); another seed does not."""
+    from safetensors.torch import load_file
+
+    cfg = dict(vision_steps=3, steps=4, polish_steps=2, batch_size=4, checkpoint_every=10)
+    runs = {name: load_file(train_tiny(tmp_path / name, TrainConfig(seed=seed, **cfg), progress=False) / "model.safetensors")
+            for name, seed in (("first", 0), ("again", 0), ("other", 1))}
+    assert runs["first"].keys() == runs["again"].keys()
+    assert all(torch.equal(runs["first"][k], runs["again"][k]) for k in runs["first"])
+    assert not all(torch.equal(runs["first"][k], runs["other"][k]) for k in runs["first"])
 
 
 def test_model_card_reports_the_measured_evaluation():

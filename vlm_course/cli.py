@@ -73,7 +73,9 @@ def cmd_eval(args) -> int:
     if single:
         correct, total = sum(s.correct for s in single), sum(s.total for s in single)
         print(f"single-image overall: {correct}/{total} = {correct / total:.1%}")
-    result = {f: {"correct": s.correct, "total": s.total, "accuracy": s.accuracy} for f, s in scores.items()}
+    result = {f: {"correct": s.correct, "total": s.total, "accuracy": s.accuracy,
+                  "mistakes": [dict(zip(("question", "expected", "got"), m)) for m in s.mistakes[:5]]}
+              for f, s in scores.items()}  # a few mistakes, for the model card
     ok = all(s.accuracy >= BARS.get(f, 0) for f, s in scores.items())
     if not args.no_perturbed:
         perturbed = evaluate(vlm, families, n=max(1, args.n // 5), seed=args.seed, perturbed=True,
@@ -97,8 +99,9 @@ def cmd_train_tiny(args) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shares the CPU gracefully with other work
     from .tiny.train import TrainConfig, train_tiny
 
-    cfg = TrainConfig(vision_steps=args.vision_steps, steps=args.steps, polish_steps=args.polish_steps, batch_size=args.batch_size, seed=args.seed,
-                      threads=args.threads, workers=args.workers)
+    given = {name: getattr(args, name) for name in ("vision_steps", "steps", "polish_steps", "batch_size", "seed",
+                                                    "threads", "workers")}
+    cfg = TrainConfig(**{name: value for name, value in given.items() if value is not None})  # else the recipe's
     out = train_tiny(args.out, cfg)
     print(f"saved the trained model and its loss curve to {out}")
     print(f"evaluate it with: vlm-course eval --model {out}")
@@ -148,13 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("train-tiny", help="train the tiny Idefics2 from scratch (CPU, tens of minutes)")
     sp.add_argument("--out", default="runs/tiny")
-    sp.add_argument("--vision-steps", type=int, default=1_500, help="steps of the vision tower's pretraining (stage 0)")
-    sp.add_argument("--steps", type=int, default=14_000, help="steps of the main stage")
-    sp.add_argument("--polish-steps", type=int, default=1_500, help="steps of the second, lower-rate stage")
-    sp.add_argument("--batch-size", type=int, default=32)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--threads", type=int, default=1, help="torch threads for the model (more rarely helps it)")
-    sp.add_argument("--workers", type=int, default=1, help="processes drawing batches (0: draw them in-process)")
+    # defaults (None) leave the shipped recipe's value: vlm_course/tiny/train.py, TrainConfig
+    sp.add_argument("--vision-steps", type=int, help="steps of the vision tower's pretraining (stage 0)")
+    sp.add_argument("--steps", type=int, help="steps of the main stage")
+    sp.add_argument("--polish-steps", type=int, help="steps of the second, lower-rate stage")
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--threads", type=int, help="torch threads for the model (more rarely helps it)")
+    sp.add_argument("--workers", type=int, help="processes drawing batches (0: draw them in-process)")
     sp.set_defaults(func=cmd_train_tiny)
 
     sub.add_parser("bench", help="measure speed, memory and quality (see: vlm-course bench --help)")

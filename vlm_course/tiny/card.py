@@ -104,11 +104,9 @@ def write_card(model_dir: str | Path) -> Path:
     single_f = [f for f in ("describe", "attribute", "count", "exists", "position", "description") if f in scores]
     right, total = sum(scores[f]["correct"] for f in single_f), sum(scores[f]["total"] for f in single_f)
     single = f"{right}/{total} = **{right / total:.1%}**" if total else "not measured"
-    below = [f"{f} ({scores[f]['accuracy']:.1%} < {BARS[f]:.0%})" for f in EXAMPLES
-             if f in scores and scores[f]["accuracy"] < BARS[f]]
-    short = ("**Below its bar**: " + ", ".join(below) + ". The commonest mistakes: the row of an object (top / middle / "
-             "bottom), which costs position and detailed-description answers, and \"there is no difference.\" for two "
-             "images whose shapes swapped colours.") if below else ""
+    below = [f for f in EXAMPLES if f in scores and scores[f]["accuracy"] < BARS[f]]
+    short = ("**Below its bar**: " + ", ".join(f"{f} ({scores[f]['accuracy']:.1%} < {BARS[f]:.0%})" for f in below)
+             + "." + _mistakes(scores, below)) if below else ""
     n = next(iter(s["total"] for f, s in scores.items() if f in EXAMPLES))
     text = CARD.format(
         arch_rows=arch_rows, total=params["total"], weights_mb=(d / "model.safetensors").stat().st_size / 1e6,
@@ -126,13 +124,25 @@ def write_card(model_dir: str | Path) -> Path:
     return d / "README.md"
 
 
+def _mistakes(scores: dict, families: list[str], per_family: int = 2) -> str:
+    """A table of a few measured mistakes (evaluation.json keeps some per family), or nothing."""
+    rows = [f"| {f} | {m['question']} | {m['expected']} | {m['got']} |"
+            for f in families for m in scores[f].get("mistakes", [])[:per_family]]
+    if not rows:
+        return ""
+    return ("\n\nSome of its mistakes, as `vlm-course eval` recorded them:\n\n| family | question | expected | got |\n"
+            "|---|---|---|---|\n" + "\n".join(rows))
+
+
 def _stage0(record: dict | None) -> str:
     if not record:
         return "none (the tower learnt to see through the answers alone)."
+    cell = record.get("patch_cell_accuracy")  # models trained before the cell target have none
     return (f"{record['steps']:,} steps of batch {record['batch_size']} images, peak rate {record['lr']}, predicting for every "
-            f"patch the shape and colour of the object on it (or background), with two linear heads thrown away "
-            f"afterwards; {record['seconds'] / 60:.1f} minutes; it ended at {record['patch_shape_accuracy']:.0%} shape and "
-            f"{record['patch_colour_accuracy']:.0%} colour accuracy on the patches that show an object. Idefics2 itself "
+            f"patch the shape, colour{' and grid cell' if cell else ''} of the object on it (or background), with linear "
+            f"heads thrown away afterwards; {record['seconds'] / 60:.1f} minutes; it ended at "
+            f"{record['patch_shape_accuracy']:.0%} shape, {record['patch_colour_accuracy']:.0%} colour"
+            f"{f' and {cell:.0%} cell' if cell else ''} accuracy on the patches that show an object. Idefics2 itself "
             f"starts from a pretrained vision encoder (SigLIP); this stage plays that part.")
 
 

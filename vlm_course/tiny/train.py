@@ -30,12 +30,12 @@ FAMILY_WEIGHTS = {"describe": 1.0, "attribute": 1.5, "count": 0.7, "exists": 1.0
 class TrainConfig:
     vision_steps: int = 1_500  # stage 0: the vision tower alone learns to see shapes (vision_pretrain.py)
     vision_lr: float = 2e-3
-    steps: int = 14_000
+    steps: int = 15_000
     batch_size: int = 32
     lr: float = 5e-4
     min_lr: float = 5e-5
     warmup: int = 200
-    hold: float = 0.5  # fraction of the run at the peak rate: shapes are learnt late, so keep the rate up
+    hold: float = 0.4  # fraction of the run at the peak rate: shapes are learnt late, so keep the rate up
     polish_steps: int = 1_500  # a second stage with a fresh optimizer at a lower rate
     polish_lr: float = 2e-4
     weight_decay: float = 0.0
