@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import concurrent.futures
-from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
@@ -330,9 +328,32 @@ def _held_back(text: str, stops) -> int:
     return hold
 
 
-# Threads that run streamed generations, kept for the next stream: a fresh thread per stream cost about a
-# millisecond to start and join, several percent of a short reply from a small model.
-_GENERATION_THREADS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="vlm-course-stream")
+class _GenerationThreads:
+    """Daemon threads that run streamed generations and wait for the next one when done: a fresh thread per
+    stream cost about a millisecond to start and join, several percent of a short reply from a small model.
+    A new thread starts only when every kept one is busy; daemon threads never hold up the interpreter's exit."""
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, job) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                threading.Thread(target=self._work, daemon=True, name="vlm-course-stream").start()
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            self._jobs.get()()  # jobs never raise (Stream._run hands every failure to its consumer)
+            with self._lock:
+                self._idle += 1
+
+
+_GENERATION_THREADS = _GenerationThreads()
 
 
 class Stream:
@@ -363,7 +384,8 @@ class Stream:
         self._start = time.perf_counter()
         self._first: float | None = None
         self.token_times: list[float] = []  # seconds from the call to each token's arrival here
-        self._future = _GENERATION_THREADS.submit(self._run)
+        self._finished = threading.Event()  # set when _run has returned
+        _GENERATION_THREADS.submit(self._run)
 
     @property
     def tokens_generated(self) -> int:
@@ -373,7 +395,7 @@ class Stream:
     @property
     def running(self) -> bool:
         """Whether the generation thread is still working."""
-        return not self._future.done()
+        return not self._finished.is_set()
 
     def _run(self):
         kwargs = dict(self.kwargs)
@@ -383,8 +405,10 @@ class Stream:
             with torch.no_grad():
                 self.vlm.model.generate(**self.inputs, **kwargs)
         except BaseException as e:  # hand every failure to the consumer, never die silently
+            self._finished.set()
             self._queue.put(("error", e))
         else:
+            self._finished.set()
             self._queue.put(("end", None))
         # Either way the queue gets a last message, so the consumer can block on it without a timeout:
         # a long prefill is waited for, a failure arrives at once.
@@ -407,10 +431,8 @@ class Stream:
                     return piece
             elif kind == "error":
                 self._done = True
-                self._future.result()  # _run has returned (it never raises)
                 raise GenerationError(f"Generation failed: {type(value).__name__}: {value}") from value
-            else:
-                self._future.result()
+            else:  # "end": generate has returned (the thread set _finished first)
                 return self._finish("")
         raise StopIteration
 
@@ -460,7 +482,7 @@ class Stream:
         """Stop generation now: the thread stops at its next token, and this waits for it to end."""
         self._cancel.set()
         self._done = True
-        concurrent.futures.wait([self._future], timeout=60)
+        self._finished.wait(timeout=60)
 
     def __enter__(self):
         return self
