@@ -62,6 +62,9 @@ Single-image questions overall (describe, attribute, count, exists, position, de
   photographs get answers about shapes that are not there.
 - Its answers are fixed phrases; it does not chat. Free-form paraphrases of the questions it was trained on
   may fail.
+- The recipe is sensitive to its seed: with seed 0 the same recipe, measured the same way, reached 94.3% on
+  single-image questions (exists 91.6%, attribute 93.4%, position 89.6%) and 95.6% on perturbed scenes. The
+  default seed of `vlm-course train-tiny` is the shipped model's, and the same seed retrains the same weights.
 - It is a teaching model: the same code runs `HuggingFaceM4/idefics2-8b` for real use.
 """
 
