@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import time
 
 import pytest
@@ -207,3 +210,29 @@ def test_lesson03_first_sentence_checker(vlm, capsys):
     assert "forward passes" in capsys.readouterr().out
     assert check_first_sentence(vlm, lambda vlm, m: "no.") is False
     assert check_first_sentence(vlm, None) is False
+
+
+EXIT_SCRIPT = """
+from vlm_course.chat import stream
+from vlm_course.messages import user
+from vlm_course.models import load_vlm
+from vlm_course.shapes import random_scene
+
+vlm = load_vlm()
+done = stream(vlm, [user(random_scene(4).draw(), "How many shapes are there?")])
+print("".join(done), flush=True)  # ends at its end token, perhaps before its thread has left generate
+end_ids = sorted({vlm.tokenizer.convert_tokens_to_ids("<end_of_utterance>"), vlm.tokenizer.eos_token_id})
+vlm.model.register_forward_hook(lambda module, args, out: out.logits.__setitem__((..., end_ids), float("-inf")))
+abandoned = stream(vlm, [user(random_scene(3).draw(), "Describe this image in detail.")], max_new_tokens=2000)
+print(next(abandoned), flush=True)  # then exit while it is still generating
+"""
+
+
+def test_the_interpreter_exits_cleanly_with_streams_running():
+    """Generation threads left inside torch while Python shuts down can abort the process ("terminate called
+    without an active exception"); the package cancels and joins them at exit."""
+    for _ in range(4):  # the abort was a race: one exit in four, before the fix
+        out = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split("\n")[0] in ("one.", "two.", "three.")

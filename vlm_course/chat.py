@@ -14,9 +14,11 @@ token_runs (what the model reads), splitting_processor (image splitting on).
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -331,29 +333,52 @@ def _held_back(text: str, stops) -> int:
 class _GenerationThreads:
     """Daemon threads that run streamed generations and wait for the next one when done: a fresh thread per
     stream cost about a millisecond to start and join, several percent of a short reply from a small model.
-    A new thread starts only when every kept one is busy; daemon threads never hold up the interpreter's exit."""
+    A new thread starts only when every kept one is busy. At exit they are stopped and joined (`stop`): a
+    thread left inside torch while the interpreter shuts down can abort the process."""
 
     def __init__(self):
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
+        self._threads: list[threading.Thread] = []
 
     def submit(self, job) -> None:
         with self._lock:
             if self._idle:
                 self._idle -= 1
             else:
-                threading.Thread(target=self._work, daemon=True, name="vlm-course-stream").start()
+                thread = threading.Thread(target=self._work, daemon=True, name="vlm-course-stream")
+                thread.start()
+                self._threads.append(thread)
         self._jobs.put(job)
 
     def _work(self) -> None:
-        while True:
-            self._jobs.get()()  # jobs never raise (Stream._run hands every failure to its consumer)
+        while (job := self._jobs.get()) is not None:
+            job()  # jobs never raise (Stream._run hands every failure to its consumer)
+            job = None  # drop the finished stream, so that it can be collected while this thread waits
             with self._lock:
                 self._idle += 1
 
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let every thread finish its job, then end it (a stream still running was cancelled by `_cancel_all`)."""
+        with self._lock:
+            threads, self._threads, self._idle = self._threads, [], 0
+        for _ in threads:
+            self._jobs.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
 
 _GENERATION_THREADS = _GenerationThreads()
+_LIVE_STREAMS: "weakref.WeakSet[Stream]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_generation_threads() -> None:
+    for s in list(_LIVE_STREAMS):
+        s._cancel.set()  # an abandoned stream stops at its next token
+    _GENERATION_THREADS.stop()
 
 
 class Stream:
@@ -385,6 +410,7 @@ class Stream:
         self._first: float | None = None
         self.token_times: list[float] = []  # seconds from the call to each token's arrival here
         self._finished = threading.Event()  # set when _run has returned
+        _LIVE_STREAMS.add(self)
         _GENERATION_THREADS.submit(self._run)
 
     @property
