@@ -360,7 +360,7 @@ class _GenerationThreads:
                 self._idle += 1
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Let every thread finish its job, then end it (a stream still running was cancelled by `_cancel_all`)."""
+        """Let every thread finish its job, then end it (at exit, running streams were cancelled first)."""
         with self._lock:
             threads, self._threads, self._idle = self._threads, [], 0
         for _ in threads:
@@ -430,14 +430,13 @@ class Stream:
         try:
             with torch.no_grad():
                 self.vlm.model.generate(**self.inputs, **kwargs)
+            last = ("end", None)
         except BaseException as e:  # hand every failure to the consumer, never die silently
-            self._finished.set()
-            self._queue.put(("error", e))
-        else:
-            self._finished.set()
-            self._queue.put(("end", None))
+            last = ("error", e)
         # Either way the queue gets a last message, so the consumer can block on it without a timeout:
-        # a long prefill is waited for, a failure arrives at once.
+        # a long prefill is waited for, a failure arrives at once. `running` is already False when it comes.
+        self._finished.set()
+        self._queue.put(last)
 
     def __iter__(self) -> Iterator[str]:
         return self

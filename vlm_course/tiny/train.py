@@ -40,7 +40,7 @@ class TrainConfig:
     polish_lr: float = 2e-4
     weight_decay: float = 0.0
     clip: float = 1.0
-    seed: int = 1  # the shipped model's; seed 0 reached 94.3% single-image against 99.0% (see the model card)
+    seed: int = 1  # the shipped model's (its card's Limitations say how far seed 0 fell behind)
     threads: int = 1  # the tiny model's matrices are too small for a second thread to help...
     workers: int = 1  # ...so the other core draws and renders the batches in a DataLoader worker
     group: int = 8  # batches drawn together and grouped by length, to waste little on padding
