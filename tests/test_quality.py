@@ -13,10 +13,11 @@ import pytest
 from vlm_course.shapes import FAMILIES
 from vlm_course.shapes.evaluate import evaluate
 
-# measured on 500 questions a family (model card): describe 99.8%, attribute 97.0%, count 98.4%, exists 99.8%,
-# position 99.2%, two_images 96.2%, multi_turn 99.8%, description 100.0%, unknown 99.2%; perturbed 98.9%
-FLOORS = {"describe": 0.93, "attribute": 0.88, "count": 0.92, "exists": 0.93, "position": 0.92,
-          "two_images": 0.87, "multi_turn": 0.93, "description": 0.93, "unknown": 0.92}
+# measured on 500 questions a family (model card): describe 99.2%, attribute 99.0%, count 99.4%, exists 99.6%,
+# position 99.2%, two_images 96.4%, multi_turn 99.8%, description 99.8%, unknown 99.6%; perturbed 99.0%.
+# This sample (seed 101) scored 93% on two_images and 96% on attribute, 99-100% on the rest.
+FLOORS = {"describe": 0.93, "attribute": 0.92, "count": 0.92, "exists": 0.93, "position": 0.92,
+          "two_images": 0.88, "multi_turn": 0.93, "description": 0.93, "unknown": 0.92}
 PERTURBED_FLOOR = 0.90
 N = 100
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -132,6 +133,10 @@ def test_training_is_seeded(tmp_path):
     assert runs["first"].keys() == runs["again"].keys()
     assert all(torch.equal(runs["first"][k], runs["again"][k]) for k in runs["first"])
     assert not all(torch.equal(runs["first"][k], runs["other"][k]) for k in runs["first"])
+    # stage 1 is kept, and polishing a copy of it repeats the run's own stage 2 (how polish variants are tried)
+    copy = shutil.copytree(tmp_path / "first" / "stage1", tmp_path / "polished")
+    polished = load_file(polish(copy, TrainConfig(seed=0, **cfg), progress=False) / "model.safetensors")
+    assert all(torch.equal(runs["first"][k], polished[k]) for k in polished)
 
 
 def test_model_card_reports_the_measured_evaluation():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,10 @@ from .build import ARCHITECTURE, build_config, build_model, build_processor, tok
 # place or colour (position, attribute, description), less of what is learnt early (count, unknown).
 FAMILY_WEIGHTS = {"describe": 1.0, "attribute": 1.5, "count": 0.7, "exists": 1.0, "position": 2.0,
                   "two_images": 1.0, "multi_turn": 0.8, "description": 1.5, "unknown": 0.2}
+# The polishing stage leans on what stage 1 leaves least sure: questions about one of two objects that
+# share a colour or a shape (attribute, count) and comparing two images.
+POLISH_WEIGHTS = {**FAMILY_WEIGHTS, "attribute": 4.5, "count": 1.5, "two_images": 2.0, "position": 1.5,
+                  "description": 1.0, "unknown": 0.3}
 
 
 @dataclass
@@ -45,6 +50,7 @@ class TrainConfig:
     workers: int = 1  # ...so the other core draws and renders the batches in a DataLoader worker
     group: int = 8  # batches drawn together and grouped by length, to waste little on padding
     family_weights: dict = field(default_factory=lambda: dict(FAMILY_WEIGHTS))
+    polish_weights: dict = field(default_factory=lambda: dict(POLISH_WEIGHTS))
     checkpoint_every: int = 1_000
     architecture: dict = field(default_factory=lambda: ARCHITECTURE)
 
@@ -103,8 +109,9 @@ def make_batch(processor, rng: random.Random, batch_size: int, assistant_ids: li
 class ShapesBatches(torch.utils.data.IterableDataset):
     """An endless, seeded stream of training batches; run in a DataLoader worker it overlaps with training."""
 
-    def __init__(self, processor, seed: int, cfg: "TrainConfig"):
+    def __init__(self, processor, seed: int, cfg: "TrainConfig", weights: dict | None = None):
         self.processor, self.seed, self.cfg = processor, seed, cfg
+        self.weights = weights or cfg.family_weights
         tokenizer = processor.tokenizer
         self.assistant_ids = tokenizer("\nAssistant:", add_special_tokens=False).input_ids[1:]  # after the newline
         self.end_id = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
@@ -115,12 +122,12 @@ class ShapesBatches(torch.utils.data.IterableDataset):
         rng = random.Random(self.seed + (worker.id * 7_919 if worker else 0))
         while True:
             yield from make_batches(self.processor, rng, self.cfg.batch_size, self.assistant_ids, self.end_id,
-                                    self.cfg.group, self.cfg.family_weights)
+                                    self.cfg.group, self.weights)
 
 
-def batch_stream(processor, seed: int, cfg: "TrainConfig"):
+def batch_stream(processor, seed: int, cfg: "TrainConfig", weights: dict | None = None):
     """Batches from `cfg.workers` background processes (0: drawn in this process, between steps)."""
-    data = ShapesBatches(processor, seed, cfg)
+    data = ShapesBatches(processor, seed, cfg, weights)
     if cfg.workers == 0:
         return iter(data)
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=cfg.workers, prefetch_factor=4)
@@ -149,7 +156,8 @@ def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bo
 
     Stage 0: `cfg.vision_steps` steps of the vision tower alone on patch targets (see vision_pretrain.py).
     Stage 1: `cfg.steps` steps of the whole model on the answers. Stage 2: `cfg.polish_steps` at a lower
-    rate with a fresh optimizer (the same as `polish(out_dir, cfg)` run later on the saved stage 1).
+    rate with a fresh optimizer and `cfg.polish_weights`. Stage 1 is also kept in `out_dir/stage1`, so
+    `polish(copy_of_it, cfg)` tries another stage 2 in minutes instead of retraining for forty.
     """
     cfg = cfg or TrainConfig()
     out = Path(out_dir)
@@ -170,6 +178,7 @@ def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bo
     history, seconds = _run(model, processor, cfg.seed + 1_000_003, cfg, out, stage=1, progress=progress,
                             seconds_before=seconds, extra=extra)
     if cfg.polish_steps:
+        shutil.copytree(out, out / "stage1", ignore=shutil.ignore_patterns("stage1"), dirs_exist_ok=True)
         _run(model, processor, cfg.seed + 2_000_003, cfg, out, stage=2, progress=progress, history=history,
              seconds_before=seconds, extra=extra)
     return out
@@ -205,7 +214,7 @@ def _run(model, processor, data_seed: int, cfg: TrainConfig, out: Path, stage: i
          extra: dict | None = None) -> tuple[list[dict], float]:
     """One stage; returns the loss history and the seconds on the clock at its end (earlier stages included)."""
     processor.tokenizer.padding_side = "right"  # training pads on the right; generation (the saved default) on the left
-    batches = batch_stream(processor, data_seed, cfg)
+    batches = batch_stream(processor, data_seed, cfg, cfg.family_weights if stage == 1 else cfg.polish_weights)
     model.train()
     steps, rate = (cfg.steps, learning_rate) if stage == 1 else (cfg.polish_steps, polish_rate)
     first = 0 if stage == 1 else cfg.steps  # global step numbers continue across stages
