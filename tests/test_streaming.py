@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -187,6 +188,70 @@ def test_leaving_a_with_block_stops_generation(vlm):
         hook.remove()
 
 
+def test_close_from_another_thread_ends_the_reading_loop(vlm):
+    """The app's Stop button: a worker thread reads, the main thread closes; the loop ends at the next token."""
+    hook = _Hook(vlm, _never_end(vlm))
+    try:
+        s = stream(vlm, _conversations()[0], max_new_tokens=400)
+        started, pieces = threading.Event(), []
+
+        def read():
+            for piece in s:
+                pieces.append(piece)
+                started.set()
+
+        worker = threading.Thread(target=read)
+        worker.start()
+        assert started.wait(30)
+        s.close()
+        worker.join(30)
+        assert not worker.is_alive() and not s.running
+        assert 0 < s.tokens_generated < 400 and len(pieces) <= s.tokens_generated
+    finally:
+        hook.remove()
+
+
+def test_generate_runs_in_the_reading_thread(vlm):
+    """No second thread: generate is paused and resumed in a greenlet of the loop's thread."""
+    threads = threading.active_count()
+    s = stream(vlm, _conversations()[0], max_new_tokens=30)
+    next(s)
+    assert threading.active_count() == threads and s.running
+    "".join(s)
+    assert not s.running
+
+
+def test_a_stream_is_read_by_one_thread(vlm):
+    s = stream(vlm, _conversations()[0], max_new_tokens=30)
+    next(s)
+    errors = []
+
+    def read_elsewhere():
+        try:
+            next(s)
+        except GenerationError as e:
+            errors.append(str(e))
+
+    worker = threading.Thread(target=read_elsewhere)
+    worker.start()
+    worker.join(30)
+    assert errors and "read by one thread" in errors[0]
+    assert "".join(s)  # the reading thread can still finish it
+
+
+def test_the_loops_grad_mode_is_its_own(vlm):
+    """torch keeps grad mode per thread, and generate (no_grad) shares the loop's thread: it must not leak."""
+    import torch
+
+    assert torch.is_grad_enabled()
+    for _ in stream(vlm, _conversations()[0], max_new_tokens=20):
+        assert torch.is_grad_enabled()  # generate runs under no_grad, paused right here
+    with torch.no_grad():
+        text = "".join(stream(vlm, _conversations()[1], max_new_tokens=20))
+        assert not torch.is_grad_enabled() and text
+    assert torch.is_grad_enabled()
+
+
 # --- the exercise of lesson 03 --------------------------------------------------------------------
 
 def test_lesson03_first_sentence_checker(vlm, capsys):
@@ -220,7 +285,7 @@ from vlm_course.shapes import random_scene
 
 vlm = load_vlm()
 done = stream(vlm, [user(random_scene(4).draw(), "How many shapes are there?")])
-print("".join(done), flush=True)  # ends at its end token, perhaps before its thread has left generate
+print("".join(done), flush=True)  # ends at its end token, generate unwound from its streamer
 end_ids = sorted({vlm.tokenizer.convert_tokens_to_ids("<end_of_utterance>"), vlm.tokenizer.eos_token_id})
 vlm.model.register_forward_hook(lambda module, args, out: out.logits.__setitem__((..., end_ids), float("-inf")))
 abandoned = stream(vlm, [user(random_scene(3).draw(), "Describe this image in detail.")], max_new_tokens=2000)
@@ -229,9 +294,10 @@ print(next(abandoned), flush=True)  # then exit while it is still generating
 
 
 def test_the_interpreter_exits_cleanly_with_streams_running():
-    """Generation threads left inside torch while Python shuts down can abort the process ("terminate called
-    without an active exception"); the package cancels and joins them at exit."""
-    for _ in range(4):  # the abort was a race: one exit in four, before the fix
+    """A stream abandoned mid-generation (generate paused inside torch) must not break the interpreter's exit.
+    When streams ran generate in threads, a thread still inside torch at shutdown aborted the process
+    ("terminate called without an active exception"); a paused greenlet runs nothing, so there is no race."""
+    for _ in range(4):  # the abort with threads was a race: one exit in four
         out = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], capture_output=True, text=True, timeout=120,
                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert out.returncode == 0, out.stderr[-2000:]

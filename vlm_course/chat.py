@@ -14,16 +14,13 @@ token_runs (what the model reads), splitting_processor (image splitting on).
 
 from __future__ import annotations
 
-import atexit
-import queue
 import threading
 import time
-import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
+import greenlet
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from .errors import GenerationError, MessagesError, VLMCourseError
@@ -271,29 +268,27 @@ def _generate(vlm, conversations, options, clock_first_token: bool) -> list[Repl
     return replies
 
 
-class _QueueStreamer(BaseStreamer):
-    """Hands each new token id from generate's thread to the consumer, and counts them."""
+class _Handover(BaseStreamer):
+    """generate's streamer: pauses generate at each new token and hands the token to the reading loop.
 
-    def __init__(self, q: queue.SimpleQueue):
-        self.q, self.prompt_seen, self.tokens = q, False, 0
+    `reader` is the greenlet of the loop that asked for the token; switching to it pauses generate right
+    here, inside `put`, until the loop asks for the next one (see Stream).
+    """
+
+    def __init__(self):
+        self.prompt_seen, self.tokens, self.reader = False, 0, None
 
     def put(self, value):
         if not self.prompt_seen:  # generate first puts the whole prompt
             self.prompt_seen = True
             return
         self.tokens += 1
-        self.q.put(("token", int(value.reshape(-1)[0])))
+        grad = torch.is_grad_enabled()  # torch keeps this per thread: generate and the loop share a thread
+        self.reader.switch(int(value.reshape(-1)[0]))
+        torch.set_grad_enabled(grad)
 
     def end(self):
-        pass  # the thread itself reports the end, after generate has returned (see Stream._run)
-
-
-class _StopWhenCancelled(StoppingCriteria):
-    def __init__(self, cancel: threading.Event):
-        self.cancel = cancel
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+        pass
 
 
 class _IncrementalDecoder:
@@ -330,55 +325,7 @@ def _held_back(text: str, stops) -> int:
     return hold
 
 
-class _GenerationThreads:
-    """Daemon threads that run streamed generations and wait for the next one when done: a fresh thread per
-    stream cost about a millisecond to start and join, several percent of a short reply from a small model.
-    A new thread starts only when every kept one is busy. At exit they are stopped and joined (`stop`): a
-    thread left inside torch while the interpreter shuts down can abort the process."""
-
-    def __init__(self):
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0
-        self._threads: list[threading.Thread] = []
-
-    def submit(self, job) -> None:
-        with self._lock:
-            if self._idle:
-                self._idle -= 1
-            else:
-                thread = threading.Thread(target=self._work, daemon=True, name="vlm-course-stream")
-                thread.start()
-                self._threads.append(thread)
-        self._jobs.put(job)
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()  # jobs never raise (Stream._run hands every failure to its consumer)
-            job = None  # drop the finished stream, so that it can be collected while this thread waits
-            with self._lock:
-                self._idle += 1
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Let every thread finish its job, then end it (at exit, running streams were cancelled first)."""
-        with self._lock:
-            threads, self._threads, self._idle = self._threads, [], 0
-        for _ in threads:
-            self._jobs.put(None)
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-
-_GENERATION_THREADS = _GenerationThreads()
-_LIVE_STREAMS: "weakref.WeakSet[Stream]" = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_generation_threads() -> None:
-    for s in list(_LIVE_STREAMS):
-        s._cancel.set()  # an abandoned stream stops at its next token
-    _GENERATION_THREADS.stop()
+_END = object()  # what the generation greenlet returns when generate has returned
 
 
 class Stream:
@@ -387,12 +334,16 @@ class Stream:
     After the loop: `.text` (all pieces joined, equal to generate's text), `.usage`, `.finish_reason`,
     `.token_ids`. `.close()` (or leaving a `with` block) stops generation; `.tokens_generated` says how
     many tokens the model produced.
+
+    generate runs in a greenlet in the reading thread: each `next()` resumes it until its streamer has the
+    next token, then generate pauses there and the token comes back. No second thread, no queue, no GIL
+    hand-over; and between pieces nothing runs. So a stream is read by one thread (the first to read it).
     """
 
     def __init__(self, vlm, messages: list[dict], options: dict):
         self.vlm = vlm
         self.kwargs = generation_options(vlm, **options)
-        self.inputs = prepare(vlm, [messages])  # bad messages or images fail here, before any thread
+        self.inputs = prepare(vlm, [messages])  # bad messages or images fail here, at the call
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.text = ""  # what has been handed out so far
@@ -401,64 +352,88 @@ class Stream:
         self._ends = end_token_ids(vlm)
         self._decoder = _IncrementalDecoder(vlm.tokenizer)
         self._raw = ""  # everything decoded so far, before stripping and stop strings
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # in C: a cheaper hand-over per token than Queue
+        self._streamer = _Handover()
+        self._generation: greenlet.greenlet | None = None  # made by the first read, in the reading thread
+        self._thread: int | None = None  # that thread's id
         self._cancel = threading.Event()
-        self._streamer = _QueueStreamer(self._queue)
         self._done = False
-        self._ended = False  # saw an end token: later tokens (other rows, none here) are ignored
-        self._start = time.perf_counter()
+        self._ended = False  # saw an end token
+        self._start = time.perf_counter()  # reset by the first read, when generation starts
         self._first: float | None = None
-        self.token_times: list[float] = []  # seconds from the call to each token's arrival here
-        self._finished = threading.Event()  # set when _run has returned
-        _LIVE_STREAMS.add(self)
-        _GENERATION_THREADS.submit(self._run)
+        self.token_times: list[float] = []  # seconds from the start of generation to each token
 
     @property
     def tokens_generated(self) -> int:
-        """How many tokens the model has produced so far (read or not)."""
+        """How many tokens the model has produced so far."""
         return self._streamer.tokens
 
     @property
     def running(self) -> bool:
-        """Whether the generation thread is still working."""
-        return not self._finished.is_set()
+        """Whether generation has started and not ended (it is paused while nobody reads)."""
+        return self._generation is not None and not self._generation.dead
 
-    def _run(self):
-        kwargs = dict(self.kwargs)
-        kwargs["streamer"] = self._streamer
-        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenCancelled(self._cancel)])
+    def _generate(self):
+        with torch.no_grad():
+            self.vlm.model.generate(**self.inputs, **self.kwargs, streamer=self._streamer)
+        return _END
+
+    def _resume(self, how):
+        """Run `how` (a switch into generate, or a throw to end it) with the reader's grad mode kept."""
+        grad = torch.is_grad_enabled()
         try:
-            with torch.no_grad():
-                self.vlm.model.generate(**self.inputs, **kwargs)
-            last = ("end", None)
-        except BaseException as e:  # hand every failure to the consumer, never die silently
-            last = ("error", e)
-        # Either way the queue gets a last message, so the consumer can block on it without a timeout:
-        # a long prefill is waited for, a failure arrives at once. `running` is already False when it comes.
-        self._finished.set()
-        self._queue.put(last)
+            return how()
+        finally:
+            torch.set_grad_enabled(grad)
+
+    def _next_token(self):
+        """generate's next token id, or _END once it has returned; raises whatever generate raised."""
+        if self._generation is None:
+            self._start = time.perf_counter()
+            self._thread = threading.get_ident()
+            self._generation = greenlet.greenlet(self._generate)
+        self._streamer.reader = greenlet.getcurrent()
+        return self._resume(self._generation.switch)
+
+    def _in_another_thread(self) -> bool:
+        """Whether generate lives in a greenlet of another thread (a greenlet cannot be switched to from there)."""
+        return self._generation is not None and threading.get_ident() != self._thread
+
+    def _stop_generation(self) -> None:
+        """End a paused generate now: GreenletExit unwinds it from its streamer, and nothing runs after."""
+        if self._generation is not None and not self._generation.dead:
+            self._resume(self._generation.throw)
 
     def __iter__(self) -> Iterator[str]:
         return self
 
     def __next__(self) -> str:
+        if self._in_another_thread():  # refused, and the stream goes on for its own thread
+            raise GenerationError("A stream is read by one thread: the one that first read it. Read it to the "
+                                  "end there; close() works from any thread.")
         while not self._done:
-            kind, value = self._queue.get()
-            if kind == "token":
-                now = time.perf_counter()
-                if self._first is None:
-                    self._first = now
-                self.token_times.append(now - self._start)
-                piece = self._add(value)
-                if self._ended:  # the reply is complete: no need to wait while generate winds down in its thread
-                    return self._finish(piece)
-                if piece:
-                    return piece
-            elif kind == "error":
-                self._done = True
-                raise GenerationError(f"Generation failed: {type(value).__name__}: {value}") from value
-            else:  # "end": generate has returned (the thread set _finished first)
+            if self._cancel.is_set():  # close() from another thread, or a stop string completed
+                self._stop_generation()
                 return self._finish("")
+            try:
+                token = self._next_token()
+            except VLMCourseError:
+                self._done = True
+                raise
+            except Exception as e:  # generate raised: it reaches the loop at once, as a GenerationError
+                self._done = True
+                raise GenerationError(f"Generation failed: {type(e).__name__}: {e}") from e
+            if token is _END:
+                return self._finish("")
+            now = time.perf_counter()
+            if self._first is None:
+                self._first = now
+            self.token_times.append(now - self._start)
+            piece = self._add(token)
+            if self._ended:  # the reply is complete: generate need not finish its step
+                self._stop_generation()
+                return self._finish(piece)
+            if piece:
+                return piece
         raise StopIteration
 
     def _finish(self, piece: str) -> str:
@@ -471,8 +446,6 @@ class Stream:
 
     def _add(self, token_id: int) -> str:
         """Take one token; return the new text it makes safe to show ("" while held back)."""
-        if self._ended:
-            return ""
         self.token_ids.append(token_id)
         if token_id in self._ends:
             self._ended = True
@@ -504,21 +477,20 @@ class Stream:
         return piece
 
     def close(self) -> None:
-        """Stop generation now: the thread stops at its next token, and this waits for it to end."""
+        """Stop generation. From the reading thread (or before any read) it ends at once. From another thread
+        (a Stop button while a thread reads) it cannot touch generate, which runs in the reading thread: the
+        reading loop gets the token being computed, then ends."""
         self._cancel.set()
+        if self._in_another_thread():  # the reading loop sees _cancel before it resumes generate
+            return
+        self._stop_generation()
         self._done = True
-        self._finished.wait(timeout=60)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
-
-    def __del__(self):  # a stream dropped half-read stops its thread too
-        cancel = getattr(self, "_cancel", None)
-        if cancel is not None:
-            cancel.set()
 
 
 def stream(vlm, messages: list[dict], **options) -> Stream:
