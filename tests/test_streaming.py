@@ -239,6 +239,17 @@ def test_a_stream_is_read_by_one_thread(vlm):
     assert "".join(s)  # the reading thread can still finish it
 
 
+def test_other_greenlets_of_the_thread_may_read_it(vlm):
+    """Code that runs in greenlets itself (gevent, playwright's sync API) can read a stream from any of them."""
+    import greenlet
+
+    messages = _conversations()[0]
+    s = stream(vlm, messages, max_new_tokens=40)
+    first = greenlet.greenlet(lambda: next(s)).switch()
+    rest = "".join(s)
+    assert first and first + rest == s.text == generate(vlm, messages, max_new_tokens=40).text
+
+
 def test_the_loops_grad_mode_is_its_own(vlm):
     """torch keeps grad mode per thread, and generate (no_grad) shares the loop's thread: it must not leak."""
     import torch

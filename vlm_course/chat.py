@@ -271,12 +271,12 @@ def _generate(vlm, conversations, options, clock_first_token: bool) -> list[Repl
 class _Handover(BaseStreamer):
     """generate's streamer: pauses generate at each new token and hands the token to the reading loop.
 
-    `reader` is the greenlet of the loop that asked for the token; switching to it pauses generate right
-    here, inside `put`, until the loop asks for the next one (see Stream).
+    generate runs in a greenlet whose parent is the loop that asked for the token (see Stream); switching
+    to it pauses generate right here, inside `put`, until the loop asks for the next one.
     """
 
     def __init__(self):
-        self.prompt_seen, self.tokens, self.reader = False, 0, None
+        self.prompt_seen, self.tokens = False, 0
 
     def put(self, value):
         if not self.prompt_seen:  # generate first puts the whole prompt
@@ -284,7 +284,7 @@ class _Handover(BaseStreamer):
             return
         self.tokens += 1
         grad = torch.is_grad_enabled()  # torch keeps this per thread: generate and the loop share a thread
-        self.reader.switch(int(value.reshape(-1)[0]))
+        greenlet.getcurrent().parent.switch(int(value.reshape(-1)[0]))
         torch.set_grad_enabled(grad)
 
     def end(self):
@@ -391,7 +391,7 @@ class Stream:
             self._start = time.perf_counter()
             self._thread = threading.get_ident()
             self._generation = greenlet.greenlet(self._generate)
-        self._streamer.reader = greenlet.getcurrent()
+        self._generation.parent = greenlet.getcurrent()  # tokens, the end and errors come back to this reader
         return self._resume(self._generation.switch)
 
     def _in_another_thread(self) -> bool:
