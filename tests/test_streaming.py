@@ -119,6 +119,27 @@ def test_an_error_in_generation_reaches_the_consumer(vlm):
     assert generate(vlm, _conversations()[0], max_new_tokens=60).text.startswith("".join(pieces))
 
 
+def test_ctrl_c_interrupts_the_loop_not_wrapped(vlm):
+    """KeyboardInterrupt inside generate (Ctrl-C in a notebook) reaches the loop as itself; the stream then ends."""
+    def interrupt_on_third_call(calls, output):
+        if calls == 3:
+            raise KeyboardInterrupt
+
+    hook = _Hook(vlm, interrupt_on_third_call)
+    try:
+        s = stream(vlm, _conversations()[0], max_new_tokens=60)
+        pieces = []
+        with pytest.raises(KeyboardInterrupt):
+            for piece in s:
+                pieces.append(piece)
+    finally:
+        hook.remove()
+    assert not s.running and s.tokens_generated == 2
+    rest = "".join(s)  # reading on ends the stream (with anything held back), without an error
+    assert "".join(pieces) + rest == s.text
+    assert s.text and generate(vlm, _conversations()[0], max_new_tokens=60).text.startswith(s.text)
+
+
 def test_an_error_during_prefill_is_raised_at_once(vlm):
     def fail_first(calls, output):
         raise ValueError("prefill failed")

@@ -391,6 +391,8 @@ class Stream:
             self._start = time.perf_counter()
             self._thread = threading.get_ident()
             self._generation = greenlet.greenlet(self._generate)
+        elif self._generation.dead:  # left by an exception the loop did not catch (KeyboardInterrupt)
+            return _END
         self._generation.parent = greenlet.getcurrent()  # tokens, the end and errors come back to this reader
         return self._resume(self._generation.switch)
 
