@@ -68,8 +68,8 @@ Single-image questions overall (describe, attribute, count, exists, position, de
   "there is no difference.", and two identical images can get a list of both.
 - The recipe is sensitive to its seed: seed 0 of this recipe's stage 1 (polished with the stage-1 weights)
   reached 94.3% on single-image questions (exists 91.6%, attribute 93.4%, position 89.6%) and 95.6% on perturbed
-  scenes. The default seed of `vlm-course train-tiny` is the shipped model's, and the same seed retrains the
-  same weights (a full retrain repeated the shipped run's stage-1 loss at every logged step).
+  scenes. The defaults of `vlm-course train-tiny` are the shipped model's recipe and seed, and they retrain
+  these weights byte for byte on the machine they were trained on (checked with a full run).
 - It is a teaching model: the same code runs `HuggingFaceM4/idefics2-8b` for real use.
 """
 
@@ -125,7 +125,8 @@ def write_card(model_dir: str | Path) -> Path:
         polish_lr=cfg.get("polish_lr", "-"), single=single, short=short, minutes=log["seconds"] / 60,
         ms=1000 * (log["seconds"] - log.get("vision_pretraining", {}).get("seconds", 0)) / max(1, log["steps_done"]),
         n=n, eval_rows=eval_rows, perturbed=perturbed,
-        weights=_weights(cfg.get("family_weights")), polish_weights=_weights(cfg.get("polish_weights", cfg.get("family_weights"))),
+        weights=_weights(cfg.get("family_weights")),
+        polish_weights=_weights(cfg.get("polish_weights", cfg.get("family_weights"))),  # older runs: the same
         stage0=_stage0(log.get("vision_pretraining")),
     )
     (d / "README.md").write_text(text)
