@@ -9,7 +9,7 @@ import torch
 
 from vlm_course.chat import generate, generate_batch, prepare, render_prompt
 from vlm_course.chat_bench import bench_conversations
-from vlm_course.errors import GenerationError, MessagesError
+from vlm_course.errors import GenerationError, MessagesError, VLMCourseError
 from vlm_course.messages import assistant, user
 from vlm_course.shapes import make_sample, random_scene
 
@@ -125,11 +125,22 @@ def test_pipeline_gives_the_same_answer(vlm):
 
 def test_chat_bench_reports_figures(vlm):
     """The benchmark functions run and check what they compare (no time is asserted)."""
-    from vlm_course.chat_bench import measure_batching, measure_stream_overhead
+    import matplotlib.pyplot as plt
+
+    from vlm_course.chat_bench import measure_batching, measure_stream_overhead, plot_batching
 
     b = measure_batching(vlm, n=4, max_new_tokens=16, repeats=1, progress=False)
     assert b["same_replies"] and b["conversations"] == 4 and b["completion_tokens"] > 0
     assert b["speedup"] == pytest.approx(b["sequential_seconds"] / b["batch_seconds"])
+    # The per-image work is timed on its own and is a part of the batch's time, not all of it.
+    assert b["workload"] == "mixed" and b["preprocess_seconds"] > 0 and b["vision_seconds"] > 0
+    assert 0 < b["per_image_share"] < 1
+    assert 1 <= b["longest_reply_tokens"] <= 16
+    fig = plot_batching({"mixed": b})
+    assert len(fig.axes) == 2
+    plt.close(fig)
+    with pytest.raises(VLMCourseError, match="workload"):
+        measure_batching(vlm, workload="memes", progress=False)
     s = measure_stream_overhead(vlm, max_new_tokens=16, repeats=1, progress=False)
     assert s["same_text"] and s["completion_tokens"] > 0 and s["stream_time_to_first_token"] > 0
 

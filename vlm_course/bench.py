@@ -423,25 +423,32 @@ def _run_cli(args) -> int:
 
 def _run_chat(args) -> int:
     """What batching buys and what streaming costs, on one loaded model (vlm_course.chat_bench)."""
-    from .chat_bench import measure_batching, measure_stream_overhead
+    from .chat_bench import measure_batching_workloads, measure_stream_overhead, plot_batching
     from .models import load_vlm
 
     vlm = load_vlm(args.model, device=args.device)
     # Medians of few calls swing by several points on a shared VM: these calls are short, so take more.
-    batching = measure_batching(vlm, n=16, repeats=max(args.repeats, 9))
+    batching = measure_batching_workloads(vlm, n=16, repeats=max(args.repeats, 9))
     streaming = measure_stream_overhead(vlm, repeats=max(args.repeats, 31))
-    print(f"generate_batch of {batching['conversations']} conversations: {batching['batch_tokens_per_second']:.0f} tokens/s "
-          f"vs {batching['sequential_tokens_per_second']:.0f} tokens/s for the same {batching['completion_tokens']} tokens "
-          f"one conversation at a time: {batching['speedup']:.2f}x (fastest runs {batching['speedup_of_fastest_runs']:.2f}x); "
-          f"same replies: {batching['same_replies']}")
+    for name, b in batching.items():
+        print(f"generate_batch of {b['conversations']} conversations ({name}: {b['completion_tokens']} reply tokens, "
+              f"{sum(b['images'])} images): {b['batch_tokens_per_second']:.0f} tokens/s vs "
+              f"{b['sequential_tokens_per_second']:.0f} one conversation at a time: {b['speedup']:.2f}x "
+              f"(fastest runs {b['speedup_of_fastest_runs']:.2f}x); per-image work {b['per_image_share']:.0%} of the "
+              f"batch's time; same replies: {b['same_replies']}")
     print(f"stream vs generate ({streaming['completion_tokens']} tokens): {streaming['overhead']:+.1%} wall time "
           f"(fastest runs {streaming['overhead_of_fastest_runs']:+.1%}); same text: {streaming['same_text']}; "
           f"first token after {1000 * streaming['stream_time_to_first_token']:.0f} ms")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.name or 'chat'}.json"
+    stem = args.name or "chat"
+    path = out / f"{stem}.json"
     path.write_text(json.dumps({"model": vlm.name, "batching": batching, "streaming": streaming}, indent=2))
-    print(f"wrote {path}")
+    import matplotlib
+
+    matplotlib.use("Agg")  # a command line: write the figure, show nothing
+    plot_batching(batching).savefig(out / f"{stem}-batching.png", dpi=120)
+    print(f"wrote {path} and {out / f'{stem}-batching.png'}")
     return 0
 
 

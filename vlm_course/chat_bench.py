@@ -1,6 +1,7 @@
 """Benchmarks for lessons 02 and 03: what batching buys, and what streaming costs.
 
     measure_batching(vlm, n=16)      # one generate_batch vs n generate calls on the same conversations
+    measure_batching_workloads(vlm)  # the same for long descriptions, a mix, and two-image comparisons
     measure_stream_overhead(vlm)     # stream vs generate for the same reply
 
 Both return plain dicts (numbers a notebook can print or plot, and vlm_course.bench can tabulate).
@@ -14,14 +15,27 @@ import random
 import statistics
 import time
 
+import torch
 from tqdm.auto import tqdm
 
-from .chat import generate, generate_batch, stream
+from .chat import generate, generate_batch, prepare, stream
+from .errors import GenerationError
 from .messages import user
 from .shapes import make_sample, random_scene
 
 # A realistic mix: short answers, two-image questions, multi-turn dialogues and long descriptions.
 BENCH_FAMILIES = ("describe", "two_images", "multi_turn", "count", "description", "position", "attribute", "exists")
+
+
+# What batching shares is the decoding steps; what it cannot share is the work done for each image (resizing and
+# normalising it, running the vision encoder), which both sides pay in full. The shorter the replies, the more
+# that work weighs: these workloads run from long replies to short ones, so that the speed-up of one of them is
+# not taken for the speed-up of batching.
+BATCH_WORKLOADS = {
+    "descriptions": ("description",),  # long replies (18 tokens on average with the tiny model), one image each
+    "two_images": ("two_images",),  # "what is the difference?" (13 tokens), two images each
+    "mixed": BENCH_FAMILIES,  # mostly short answers (7 tokens; the longest 15), 1.2 images a conversation
+}
 
 
 def bench_conversations(n: int = 16, seed: int = 0, families=BENCH_FAMILIES) -> list[list[dict]]:
@@ -30,17 +44,37 @@ def bench_conversations(n: int = 16, seed: int = 0, families=BENCH_FAMILIES) -> 
     return [make_sample(families[i % len(families)], rng).prompt for i in range(n)]
 
 
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def measure_batching(vlm, n: int = 16, max_new_tokens: int = 48, repeats: int = 3, seed: int = 0,
-                     conversations=None, progress: bool = True) -> dict:
+                     conversations=None, workload: str = "mixed", progress: bool = True) -> dict:
     """Tokens per second of one generate_batch over n conversations vs n sequential generate calls.
 
     Greedy, so both produce the same replies (checked: `same_replies`). Tokens are the replies' own
-    tokens (up to and including their end token), not padding.
+    tokens (up to and including their end token), not padding. `workload` names the conversations
+    (BATCH_WORKLOADS) unless `conversations` are given.
+
+    It also times the batch's per-image work, which batching cannot share: `preprocess_seconds` (the
+    processor: chat templates, resizing and normalising every image, tokenising) and `vision_seconds` (the
+    vision encoder and connector on every image); `per_image_share` is their part of the batch's time.
     """
-    conversations = conversations or bench_conversations(n, seed)
+    if conversations is None:
+        if workload not in BATCH_WORKLOADS:
+            raise GenerationError(f"Unknown batching workload {workload!r}: choose one of {', '.join(BATCH_WORKLOADS)}, "
+                                  "or pass your own conversations.")
+        conversations = bench_conversations(n, seed, BATCH_WORKLOADS[workload])
+    else:
+        workload = "given"
     generate(vlm, conversations[0], max_new_tokens=4)  # warm-up
     sequential, batched, sequential_cpu, batched_cpu = [], [], [], []
-    for _ in tqdm(range(repeats), desc="batching benchmark", disable=not progress):
+    for _ in tqdm(range(repeats), desc=f"batching benchmark ({workload})", disable=not progress):
         start, cpu = time.perf_counter(), time.process_time()
         singles = [generate(vlm, c, max_new_tokens=max_new_tokens) for c in conversations]
         sequential.append(time.perf_counter() - start)
@@ -51,7 +85,15 @@ def measure_batching(vlm, n: int = 16, max_new_tokens: int = 48, repeats: int = 
         batched_cpu.append(time.process_time() - cpu)
     tokens = sum(r.usage.completion_tokens for r in singles)
     seq_s, batch_s = statistics.median(sequential), statistics.median(batched)
+    preprocess_s = _median_seconds(lambda: prepare(vlm, conversations), repeats)
+    inputs = prepare(vlm, conversations)
+    vision_s = 0.0
+    if "pixel_values" in inputs:
+        with torch.no_grad():
+            vision_s = _median_seconds(
+                lambda: vlm.model.get_image_features(inputs["pixel_values"], inputs.get("pixel_attention_mask")), repeats)
     return {
+        "workload": workload,
         "conversations": len(conversations),
         "images": [sum(p["type"] == "image" for m in c for p in m["content"]) for c in conversations],
         "completion_tokens": tokens,
@@ -63,8 +105,46 @@ def measure_batching(vlm, n: int = 16, max_new_tokens: int = 48, repeats: int = 
         "speedup_of_fastest_runs": min(sequential) / min(batched),  # less sensitive to a busy machine
         "cpu_seconds_ratio": statistics.median(sequential_cpu) / statistics.median(batched_cpu),  # CPU time, all threads
         "same_replies": [a.text for a in singles] == [b.text for b in batch],
+        "longest_reply_tokens": max(r.usage.completion_tokens for r in batch),  # the batch decodes until this one ends
+        "preprocess_seconds": preprocess_s,
+        "vision_seconds": vision_s,
+        "per_image_share": (preprocess_s + vision_s) / batch_s,
         "repeats": repeats,
     }
+
+
+def measure_batching_workloads(vlm, workloads=tuple(BATCH_WORKLOADS), n: int = 16, repeats: int = 3,
+                               progress: bool = True, **options) -> dict[str, dict]:
+    """measure_batching for each workload in BATCH_WORKLOADS: {name: result}."""
+    return {w: measure_batching(vlm, n=n, repeats=repeats, workload=w, progress=progress, **options) for w in workloads}
+
+
+def plot_batching(results: dict[str, dict]):
+    """Left: the speed-up of each workload. Right: where the batch's time goes (per-image work vs the rest)."""
+    import matplotlib.pyplot as plt
+
+    names = [f"{w}\n{r['completion_tokens'] / r['conversations']:.0f} tokens a reply, "
+             f"{sum(r['images']) / r['conversations']:.1f} images" for w, r in results.items()]
+    results = dict(zip(names, results.values()))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
+    left.barh(names, [results[w]["speedup"] for w in names], color="tab:green")
+    for i, w in enumerate(names):
+        left.text(results[w]["speedup"], i, f" {results[w]['speedup']:.1f}x", va="center")
+    left.set_xlabel("generate_batch tokens/s ÷ sequential tokens/s")
+    left.set_xlim(0, 1.25 * max(results[w]["speedup"] for w in names))
+    parts = [("preprocessing (per image)", "preprocess_seconds", "tab:orange"),
+             ("vision encoder (per image)", "vision_seconds", "tab:red")]
+    starts = [0.0] * len(names)
+    for label, key, color in parts:
+        widths = [1000 * results[w][key] for w in names]
+        right.barh(names, widths, left=starts, label=label, color=color)
+        starts = [a + b for a, b in zip(starts, widths)]
+    rest = [1000 * results[w]["batch_seconds"] - s for w, s in zip(names, starts)]
+    right.barh(names, rest, left=starts, label="prompt and decoding steps (batched)", color="tab:blue")
+    right.set_xlabel("generate_batch of 16: milliseconds")
+    fig.legend(fontsize=8, loc="upper right", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    return fig
 
 
 def measure_stream_overhead(vlm, messages=None, max_new_tokens: int = 64, repeats: int = 7,
