@@ -195,6 +195,20 @@ def test_stop_and_max_tokens(client, vlm):
     assert short.choices[0].message.content == expected(vlm, conversation, max_new_tokens=2).text
 
 
+def test_streamed_stop_string_that_starts_inside_a_token(client, vlm):
+    """The streamed pieces never show the start of a stop string: a stop that begins inside a word (and
+    so inside a token) is held back until it is known, and the pieces join to the non-streamed answer."""
+    conversation = describe(6)
+    words = expected(vlm, conversation).text.split()
+    assert len(words) >= 4, words
+    stop = words[2][1:] + " " + words[3][:2]  # the tail of the third word, a space, the fourth's start
+    want = expected(vlm, conversation, stop=[stop])
+    assert stop not in want.text and len(want.text) < len(" ".join(words))
+    chunks = ask(client, vlm, to_openai_messages(conversation), stop=[stop], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want.text
+    assert ask(client, vlm, to_openai_messages(conversation), stop=[stop]).choices[0].message.content == want.text
+
+
 def test_seeded_sampling_is_reproducible(client, vlm):
     conversation = [chat.user("Tell me something.")]
     options = dict(temperature=1.5, top_p=0.95, seed=1234, max_tokens=24)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from vlm_course.chat import _IncrementalDecoder, generate, stream
+from vlm_course.chat import IncrementalDecoder, generate, stream
 from vlm_course.errors import GenerationError, MessagesError
 from vlm_course.messages import user
 from vlm_course.shapes import make_sample, random_scene
@@ -74,7 +74,7 @@ def test_incremental_decoding_equals_decoding_everything(vlm):
     for text in ("a red circle and a blue square.", "There are three shapes. A green triangle is on the left.",
                  "Café, naïve, 日本 and 🙂 emoji", "  spaces   and\nnew lines "):
         ids = tok.encode(text, add_special_tokens=False)
-        decoder = _IncrementalDecoder(tok)
+        decoder = IncrementalDecoder(tok)
         assert "".join(decoder.add(i) for i in ids) == tok.decode(ids, skip_special_tokens=True)
 
 

@@ -291,7 +291,7 @@ class _Handover(BaseStreamer):
         pass
 
 
-class _IncrementalDecoder:
+class IncrementalDecoder:
     """Turns token ids into text one at a time in O(1) per token (decoding the whole reply each time is O(n^2)).
 
     It decodes a short window of recent ids and returns only the new characters; a window ending in
@@ -310,6 +310,18 @@ class _IncrementalDecoder:
             return ""
         self.prefix, self.read = self.read, len(self.ids)
         return after[len(before):]
+
+
+def visible_text(raw: str, stops) -> tuple[str, bool]:
+    """What of a reply still being generated is safe to show, and whether a stop string ended it.
+
+    The shown text must stay a prefix of the final one (stripped, cut before the first stop string): so
+    it is cut at a stop string, and trailing whitespace and any start of a stop string are held back.
+    """
+    visible, stopped = cut_at_stop(raw.lstrip(), stops)
+    if stopped:
+        return visible.rstrip(), True
+    return visible[: len(visible) - _held_back(visible, stops)].rstrip(), False
 
 
 def _held_back(text: str, stops) -> int:
@@ -350,7 +362,7 @@ class Stream:
         self.token_ids: list[int] = []
         self._stops = self.kwargs.get("stop_strings")
         self._ends = end_token_ids(vlm)
-        self._decoder = _IncrementalDecoder(vlm.tokenizer)
+        self._decoder = IncrementalDecoder(vlm.tokenizer)
         self._raw = ""  # everything decoded so far, before stripping and stop strings
         self._streamer = _Handover()
         self._generation: greenlet.greenlet | None = None  # made by the first read, in the reading thread
@@ -453,13 +465,9 @@ class Stream:
             self._ended = True
             return ""
         self._raw += self._decoder.add(token_id)
-        visible = self._raw.lstrip()
-        visible, stopped = cut_at_stop(visible, self._stops)
+        visible, stopped = visible_text(self._raw, self._stops)
         if stopped:
             self._cancel.set()
-            visible = visible.rstrip()
-        else:
-            visible = visible[: len(visible) - _held_back(visible, self._stops)].rstrip()
         if len(visible) <= len(self.text):
             return ""
         piece = visible[len(self.text):]

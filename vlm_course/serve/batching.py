@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from ..chat import Usage, cut_at_stop, end_token_ids, finish_reply, generation_options, prepare
+from ..chat import IncrementalDecoder, Usage, end_token_ids, finish_reply, generation_options, prepare, visible_text
 from ..errors import VLMCourseError
 
 
@@ -65,7 +65,8 @@ class _Row:
     def __init__(self, vlm, job: Job, prompt_tokens: int):
         self.vlm, self.job, self.prompt_tokens = vlm, job, prompt_tokens
         self.ids: list[int] = []
-        self.sent = ""  # text already handed to the client
+        self.decoder, self.raw = IncrementalDecoder(vlm.tokenizer), ""  # decoded one token at a time
+        self.sent = ""  # text already handed to the client: always a prefix of the final text
         self.first: Optional[float] = None
         self.done = False
         self.cancelled = False
@@ -81,14 +82,13 @@ class _Row:
             if len(self.ids) >= self.job.max_new_tokens:
                 self.finish()
             return
-        text = self.vlm.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
-        stopped = False
-        if not text.endswith("\ufffd"):  # half a multi-byte character: wait for the rest
-            text, stopped = cut_at_stop(text, self.job.stops)
-            if text.startswith(self.sent) and len(text) > len(self.sent):
-                if self.job.stream:
-                    self.job.emit(("delta", text[len(self.sent):]))
-                self.sent = text
+        self.raw += self.decoder.add(token_id)
+        # Held back: the start of a stop string (the client must never see it) and trailing whitespace.
+        text, stopped = visible_text(self.raw, self.job.stops)
+        if len(text) > len(self.sent):
+            if self.job.stream:
+                self.job.emit(("delta", text[len(self.sent):]))
+            self.sent = text
         if stopped or len(self.ids) >= self.job.max_new_tokens:
             self.finish()
         elif self.job.cancel.is_set():
