@@ -16,3 +16,19 @@ def vlm():
     from vlm_course.models import load_vlm
 
     return load_vlm(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def test_model_dir(tmp_path_factory):
+    """An idefics2-8b-shaped random-weight model (vlm_course.testmodel), built once for the session."""
+    from vlm_course.testmodel import build_test_model
+
+    return build_test_model(tmp_path_factory.mktemp("idefics2-8b-test"))
+
+
+@pytest.fixture(scope="session")
+def test_vlm(test_model_dir):
+    """The idefics2-8b-shaped test model, loaded once (float32, CPU)."""
+    from vlm_course.models import load_vlm
+
+    return load_vlm(test_model_dir, device="cpu")

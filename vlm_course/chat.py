@@ -97,14 +97,28 @@ def prepare(vlm, conversations: Sequence[list[dict]], padding_side: str = "left"
     kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True, "padding_side": padding_side}
     if any(images):
         kwargs["images"] = images
+    _check_image_sizes(processor, [img for imgs in images for img in imgs])
     try:
         inputs = processor(**kwargs)
-    except ValueError as e:  # e.g. an image the processor cannot handle
-        raise GenerationError(f"The processor refused these inputs: {e}") from None
+    except (ValueError, ArithmeticError, IndexError) as e:  # e.g. an image the processor cannot handle
+        sizes = ", ".join(f"{img.width}x{img.height}" for imgs in images for img in imgs) or "none"
+        raise GenerationError(f"The processor refused these inputs (image sizes: {sizes}): "
+                              f"{type(e).__name__}: {e}") from None
     inputs = inputs.to(vlm.device)
     if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
         inputs["pixel_values"] = inputs["pixel_values"].to(vlm.model.dtype)
     return inputs
+
+
+def _check_image_sizes(processor, images) -> None:
+    """Image splitting cuts each image into 2x2 crops: a side of 1 pixel leaves an empty crop, which the
+    processor divides by (ZeroDivisionError deep inside transformers). Say so before it gets there."""
+    smallest = 2 if getattr(processor.image_processor, "do_image_splitting", False) else 1
+    for img in images:
+        if min(img.size) < smallest:
+            raise GenerationError(f"An image of {img.width}x{img.height} pixels is too small for this processor: with "
+                                  f"image splitting on, each side needs at least {smallest} pixels. Use a larger image "
+                                  "(or resize it).")
 
 
 def count_tokens(vlm, messages: list[dict], processor=None) -> dict:

@@ -1,4 +1,4 @@
-"""The `vlm-course` command: info, draw, ask, eval, bench, serve, train-tiny."""
+"""The `vlm-course` command: info, draw, ask, eval, bench, serve, train-tiny, build-test-model."""
 
 from __future__ import annotations
 
@@ -108,6 +108,15 @@ def cmd_train_tiny(args) -> int:
     return 0
 
 
+def cmd_build_test_model(args) -> int:
+    from .testmodel import build_test_model
+
+    out = build_test_model(args.out, like=args.like, seed=args.seed)
+    print(f"wrote a random-weight model shaped like {args.like} to {out}")
+    print(f"use it with: VLM_COURSE_MODEL={out} (answers are noise; the code paths are the real model's)")
+    return 0
+
+
 # Subcommands with their own argument parsers, in the module that implements them.
 FORWARDED = {"bench": ".bench", "serve": ".serve"}
 
@@ -160,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, help="torch threads for the model (more rarely helps it)")
     sp.add_argument("--workers", type=int, help="processes drawing batches (0: draw them in-process)")
     sp.set_defaults(func=cmd_train_tiny)
+
+    sp = sub.add_parser("build-test-model", help="an idefics2-8b-shaped model with random weights, in seconds")
+    sp.add_argument("--like", default="idefics2-8b", help="the model whose shape to copy (idefics2-8b)")
+    sp.add_argument("--out", required=True, help="directory to write (load it with --model DIR)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_build_test_model)
 
     sub.add_parser("bench", help="measure speed, memory and quality (see: vlm-course bench --help)")
     sub.add_parser("serve", help="OpenAI-compatible server (see: vlm-course serve --help)")
