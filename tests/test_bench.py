@@ -97,3 +97,26 @@ def test_cli_chat_suite_measures_batching_and_streaming(tmp_path, capsys):
     assert streaming["same_text"] and streaming["completion_tokens"] > 10 and streaming["stream_seconds"] > 0
     assert (tmp_path / "chat-batching.png").stat().st_size > 10_000
     assert capsys.readouterr().out.count("generate_batch of 16 conversations") == 3
+
+
+def test_random_weights_idefics2_8b_gets_the_real_processor_settings():
+    from vlm_course.memory import load_config
+
+    cfg = load_config("idefics2-8b")
+    processor = bench.random_weights_processor("idefics2-8b", cfg)
+    assert processor.image_processor.do_image_splitting is True  # the tiny processor's: False, 64 px
+    assert processor.image_processor.size == {"longest_edge": 980, "shortest_edge": 378}
+    assert processor.image_seq_len == 64
+    assert cfg.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>") < cfg.text_config.vocab_size
+    assert processor.tokenizer("a").input_ids[0] == processor.tokenizer.bos_token_id
+
+
+def test_bench_honours_vlm_course_model(tmp_path, monkeypatch, test_model_dir):
+    from vlm_course.memory import estimate
+
+    monkeypatch.setenv("VLM_COURSE_MODEL", str(test_model_dir))
+    code = bench.main(["--configs", "fp32", "--in-process", "--device", "cpu", "--n", "0", "--repeats", "1",
+                       "--no-save-check", "--max-new-tokens", "4", "--out", str(tmp_path)])
+    assert code == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert rows[0]["estimate_bytes"] == estimate(test_model_dir).bytes != estimate("tiny").bytes

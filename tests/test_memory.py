@@ -167,3 +167,18 @@ def test_kv_cache_per_token_of_idefics2_8b():
     # 32 layers x (keys + values) x 8 kv heads x 128 dims x 2 bytes (bf16)
     assert kv_cache_bytes_per_token("idefics2-8b", "bfloat16") == 32 * 2 * 8 * 128 * 2
     assert kv_cache_bytes_per_token("idefics2-8b", "float32") == 2 * kv_cache_bytes_per_token("idefics2-8b", "bfloat16")
+
+
+def test_estimate_takes_the_hub_id_of_idefics2_8b_without_a_download():
+    by_id = estimate("HuggingFaceM4/idefics2-8b", dtype="bfloat16")
+    assert by_id.parameters == IDEFICS2_8B_PARAMETERS and by_id.name == "HuggingFaceM4/idefics2-8b"
+    assert by_id.bytes == estimate("idefics2-8b", dtype="bfloat16").bytes
+
+
+def test_estimate_takes_a_model_directory_and_says_how_to_get_an_unknown_hub_config(test_model_dir):
+    from vlm_course.models import load_vlm
+
+    loaded = load_vlm(test_model_dir, device="cpu")
+    assert estimate(test_model_dir).parameters == sum(p.numel() for p in loaded.model.parameters())
+    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE.*huggingface-cli download"):
+        estimate("someone/not-a-cached-model")

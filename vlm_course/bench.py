@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BackendError, VLMCourseError
-from .models import ATTENTION_BACKENDS, QUANT_METHODS, TINY_MODEL_DIR
+from .models import ATTENTION_BACKENDS, QUANT_METHODS, TINY_MODEL_DIR, default_model_id
 
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
                  "float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "auto": "auto"}
@@ -141,7 +141,7 @@ def measure(setup: Setup | str, model_id: str | None = None, *, device: str | No
     from .shapes.evaluate import evaluate
 
     setup = parse_setup(setup) if isinstance(setup, str) else setup
-    model_id = str(model_id or TINY_MODEL_DIR)
+    model_id = str(model_id or default_model_id())
     dev = pick_device(device)
     row: dict[str, Any] = {"config": setup.name, "device": str(dev)}
     gc.collect()
@@ -222,7 +222,7 @@ def run(configs, model_id: str | None = None, *, isolate: bool = True, progress:
 
     if isinstance(configs, str):
         configs = suite(configs, options.get("device")) if configs in (*SUITES, "all") else configs.split(",")
-    model_id = str(model_id or TINY_MODEL_DIR)
+    model_id = str(model_id or default_model_id())
     for spec in configs:
         parse_setup(spec)  # fail before measuring anything
     rows = []
@@ -320,24 +320,20 @@ def random_weights_model(config: str, out_dir: str | os.PathLike, dtype: str = "
                          device: str | None = None) -> Path:
     """Save a model of the given architecture ('tiny', 'idefics2-8b', a config path) with random weights.
 
-    No download: the tiny model's tokenizer and processor are reused, set to the architecture's image
-    size and number of image tokens. Answers are noise; memory and speed are those of the real size.
+    No download. A model shaped like a published one ('idefics2-8b') gets that model's processor as
+    published (image splitting, sizes, image tokens: vlm_course.testmodel) around a small tokenizer, so
+    prompt lengths and image cost are the real model's; other configs reuse the tiny model's processor,
+    set to the architecture's image size and number of image tokens. Answers are noise; memory and speed
+    are those of the real size.
     """
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     from .memory import load_config
     from .models import pick_device, pick_dtype
 
     cfg = load_config(config)
-    processor = AutoProcessor.from_pretrained(TINY_MODEL_DIR)
-    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
-    if cfg.image_token_id != image_token:  # our tokenizer's ids; the text vocabulary stays as configured
-        cfg.image_token_id = image_token
-        cfg.text_config.pad_token_id = processor.tokenizer.pad_token_id
-    side = cfg.vision_config.image_size
-    processor.image_processor.size = {"longest_edge": side, "shortest_edge": side}
-    processor.image_seq_len = cfg.perceiver_config.resampler_n_latents
+    processor = random_weights_processor(config, cfg)
     dev = pick_device(device)
     torch.manual_seed(0)
     with torch.device(dev):
@@ -351,6 +347,28 @@ def random_weights_model(config: str, out_dir: str | os.PathLike, dtype: str = "
     return out
 
 
+def random_weights_processor(config, cfg):
+    """The processor for a random-weight model of `config` (see random_weights_model); sets cfg's image
+    and pad token ids to the processor's tokenizer (the text vocabulary stays as configured)."""
+    from transformers import AutoProcessor
+
+    from .testmodel import LIKE, build_processor
+
+    like = next((name for name in LIKE if str(config) in (name, str(LIKE[name]), f"HuggingFaceM4/{name}")), None)
+    if like:
+        processor = build_processor(like)
+    else:
+        processor = AutoProcessor.from_pretrained(TINY_MODEL_DIR)
+        side = cfg.vision_config.image_size
+        processor.image_processor.size = {"longest_edge": side, "shortest_edge": side}
+        processor.image_seq_len = cfg.perceiver_config.resampler_n_latents
+    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    if cfg.image_token_id != image_token:
+        cfg.image_token_id = image_token
+        cfg.text_config.pad_token_id = processor.tokenizer.pad_token_id
+    return processor
+
+
 # ---------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "  vlm-course bench --suite chat --repeats 5\n"
                                        "  vlm-course bench --config idefics2-8b --random-weights --configs bf16,bnb-4bit"
                                        "   (on a GPU)")
-    p.add_argument("--model", default=None, help="hub id or directory (default: the tiny model)")
+    p.add_argument("--model", default=None, help="hub id or directory (default: $VLM_COURSE_MODEL or the tiny model)")
     p.add_argument("--config", default=None, help="with --random-weights: 'tiny', 'idefics2-8b' or a config path")
     p.add_argument("--random-weights", action="store_true", help="build --config with random weights (no download)")
     p.add_argument("--suite", default="quant", choices=["quant", "attention", "all", "chat"],
@@ -415,7 +433,7 @@ def _run_cli(args) -> int:
             options["quality"] = False
             name = args.name or f"{Path(args.config).stem}-random-{name}"
         rows = run(configs, model_id, isolate=not args.in_process, **options)
-    paths = save(rows, args.out, name, title=f"{name}: {model_id if args.model else args.config or 'tiny model'}")
+    paths = save(rows, args.out, name, title=f"{name}: {args.config if args.random_weights else model_id or default_model_id()}")
     print(format_rows(rows))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 1 if all(r.get("error") for r in rows) else 0

@@ -24,6 +24,8 @@ from .errors import BackendError, ModelNotFoundError
 
 DATA_DIR = Path(__file__).parent / "data"
 REFERENCE_CONFIGS = {"idefics2-8b": DATA_DIR / "idefics2-8b-config.json"}
+# Hub ids whose published configuration ships with the package, so estimates need no download.
+HUB_REFERENCE_CONFIGS = {"HuggingFaceM4/idefics2-8b": REFERENCE_CONFIGS["idefics2-8b"]}
 
 # What estimate() accepts besides the method names of models.QUANT_METHODS.
 QUANT_ALIASES = {"int8": "bnb-8bit", "nf4": "bnb-4bit", "4bit": "bnb-4bit"}
@@ -110,17 +112,46 @@ def load_config(config: Any):
         from .models import TINY_MODEL_DIR
 
         config = TINY_MODEL_DIR
-    path = REFERENCE_CONFIGS.get(str(config), Path(str(config)).expanduser())
+    name = str(config)
+    path = REFERENCE_CONFIGS.get(name) or HUB_REFERENCE_CONFIGS.get(name) or Path(name).expanduser()
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
-        raise ModelNotFoundError(f"No configuration at {str(config)!r}. Give a config object, a model directory, "
-                                 f"a config.json file, 'tiny', or one of: {', '.join(REFERENCE_CONFIGS)}.")
+        path = _hub_config(name) if _looks_like_hub_id(name) else None
+    if path is None:
+        raise ModelNotFoundError(f"No configuration at {name!r}. Give a config object, a model directory, "
+                                 f"a config.json file, a hub id, 'tiny', or one of: {', '.join(REFERENCE_CONFIGS)}.")
     data = json.loads(path.read_text())
     model_type = data.pop("model_type", None)
     if model_type is None:
         raise ModelNotFoundError(f"{str(path)!r} has no model_type: it is not a transformers config.")
     return AutoConfig.for_model(model_type, **data)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).expanduser().exists()
+
+
+def _hub_config(model_id: str) -> Path:
+    """The config.json of a hub model: from the local cache, else downloaded (unless HF_HUB_OFFLINE is set)."""
+    import os
+
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(model_id, "config.json", local_files_only=True))
+    except Exception:
+        pass
+    how = (f"download it once with `huggingface-cli download {model_id} config.json` on a machine online, "
+           "or pass the model's directory or config.json instead")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ModelNotFoundError(f"The configuration of {model_id!r} is not in the local cache and HF_HUB_OFFLINE is "
+                                 f"set: {how}. Shipped with the package: {', '.join(HUB_REFERENCE_CONFIGS)}.")
+    try:
+        return Path(hf_hub_download(model_id, "config.json", etag_timeout=10))
+    except Exception as e:
+        raise ModelNotFoundError(f"Could not get the configuration of {model_id!r} from the hub "
+                                 f"({type(e).__name__}: {str(e)[:200]}): check the id and your network, or {how}.") from None
 
 
 def meta_model(config: Any, dtype: Any = torch.float32):
@@ -225,7 +256,8 @@ def estimate(config: Any = "tiny", dtype: Any = "float32", quant: str | None = N
         parts["buffers"] = buffers
     name = getattr(cfg, "_name_or_path", "") or "model"
     if isinstance(config, (str, Path)):
-        name = Path(str(config)).name if str(config) not in REFERENCE_CONFIGS and config != "tiny" else str(config)
+        known = str(config) in REFERENCE_CONFIGS or str(config) in HUB_REFERENCE_CONFIGS or config == "tiny"
+        name = str(config) if known or _looks_like_hub_id(str(config)) else Path(str(config)).name
     return Estimate(name, str(torch_dtype).replace("torch.", ""), quant, parameters, sum(parts.values()), parts)
 
 

@@ -37,6 +37,7 @@ class VLM:
     attn: str
     quant: str | None = None
     load_seconds: float = 0.0
+    notes: tuple[str, ...] = ()  # why load_vlm chose this dtype, attention and quantization (vlm_course.fit)
 
     @property
     def tokenizer(self):
@@ -68,14 +69,17 @@ def pick_device(device: str | None = None):
     return torch.device("cpu")
 
 
-def pick_dtype(dtype: Any, device) -> Any:
-    """'auto': bfloat16 on a GPU that supports it, float16 on other GPUs and MPS, float32 on the CPU."""
+def pick_dtype(dtype: Any, device, capability: tuple[int, int] | None = None) -> Any:
+    """'auto': bfloat16 on a GPU that runs it natively (compute capability >= 8.0), float16 on older GPUs
+    and MPS, float32 on the CPU. `capability` defaults to the device's own (see vlm_course.fit.dtype_for)."""
     import torch
 
+    from .fit import DeviceFacts, dtype_for
+
     if dtype is None or dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float16 if device.type == "mps" else torch.float32
+        if device.type == "cuda" and capability is None:
+            capability = tuple(torch.cuda.get_device_capability(device))
+        return dtype_for(DeviceFacts(device.type, capability))
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in DTYPES or dtype in ("fp32", "bf16", "fp16"):
@@ -83,13 +87,15 @@ def pick_dtype(dtype: Any, device) -> Any:
     raise BackendError(f"Unknown dtype {dtype!r}. Use 'auto', 'float32', 'bfloat16' or 'float16'.")
 
 
-def available_attention(device) -> list[str]:
-    """Attention backends that can run here, best first."""
-    import torch
+def available_attention(device, dtype=None) -> list[str]:
+    """Attention backends that can run here (in `dtype`, default: what dtype 'auto' picks), best first."""
+    from .fit import device_facts, dtype_for, flash_attention_problem
 
     found = []
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        found.append("flash_attention_2")
+    if device.type == "cuda":
+        facts = device_facts(device)
+        if flash_attention_problem(facts, dtype or dtype_for(facts)) is None:
+            found.append("flash_attention_2")
     found.append("sdpa")
     if importlib.util.find_spec("torch.nn.attention.flex_attention") is not None:  # a submodule: not an attribute until imported
         found.append("flex_attention")
@@ -97,19 +103,18 @@ def available_attention(device) -> list[str]:
     return found
 
 
-def resolve_attention(attn: str | None, device) -> str:
-    """'auto' picks the best available backend; an explicit one that cannot run here is an error."""
-    available = available_attention(device)
-    if attn in (None, "auto"):
-        return available[0]
-    if attn not in ATTENTION_BACKENDS:
-        raise BackendError(f"Unknown attention backend {attn!r}. Choose one of: auto, {', '.join(ATTENTION_BACKENDS)}.")
-    if attn not in available:
-        why = ("it needs a CUDA GPU and the flash-attn package (pip install flash-attn)"
-               if attn == "flash_attention_2" else "this torch build does not provide it")
-        raise BackendError(f"Attention backend {attn!r} is not available here: {why}. "
-                           f"Available: {', '.join(available)} (or attn='auto').")
-    return attn
+def resolve_attention(attn: str | None, device, dtype=None) -> str:
+    """'auto' picks the best available backend; an explicit one that cannot run here is an error saying why."""
+    return _attention_and_reason(attn, device, dtype)[0]
+
+
+def _attention_and_reason(attn: str | None, device, dtype) -> tuple[str, str]:
+    from .fit import DeviceFacts, attention_for, device_facts, dtype_for
+
+    facts = device_facts(device) if device.type == "cuda" else DeviceFacts(device.type)
+    available = available_attention(device, dtype)
+    return attention_for(attn, facts, dtype or dtype_for(facts), sdpa_ok="sdpa" in available,
+                         flex_ok="flex_attention" in available)
 
 
 # name -> (package to import, extra, builder of the transformers quantization config)
@@ -211,7 +216,9 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
 
     model_id: a local directory or a hub id; default: VLM_COURSE_MODEL, else the bundled tiny model.
     dtype: 'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16' or a torch dtype.
-    attn: 'auto' or one of ATTENTION_BACKENDS. quant: None or one of QUANT_METHODS.
+    attn: 'auto' or one of ATTENTION_BACKENDS.
+    quant: None, one of QUANT_METHODS, or 'auto' (on a GPU: none, 8-bit or 4-bit, whichever fits the free
+    memory by memory.estimate; see vlm_course.fit). The reason for each choice is in the VLM's notes.
     device: None for cuda > mps > cpu, or e.g. 'cpu'.
     """
     with _torchao_quiet():  # transformers imports torchao when it is installed
@@ -221,7 +228,13 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
     model_id = str(model_id or default_model_id())
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
-    attn_impl = resolve_attention(attn, dev)
+    attn_impl, attn_reason = _attention_and_reason(attn, dev, torch_dtype)
+    notes = [f"dtype {str(torch_dtype).replace('torch.', '')}" + (" (auto)" if dtype in (None, "auto") else ""),
+             f"attention {attn_reason}"]
+    quant = None if quant in (None, "", "none") else quant
+    if quant == "auto":
+        quant, why = _auto_quant(model_id, dev, torch_dtype)
+        notes.append(f"quantization {why}")
     with _torchao_quiet():
         quant_config = quantization_config(quant, torch_dtype)
     _quiet_quantization_warnings(quant)
@@ -237,6 +250,7 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
     kwargs = dict(dtype=torch_dtype, attn_implementation=attn_impl)
     if quant_config is not None:
         kwargs["quantization_config"] = quant_config
+    if quant_config is not None or dev.type == "cuda":  # weights go straight to the GPU, never all in host RAM
         kwargs["device_map"] = str(dev)
     try:
         processor = AutoProcessor.from_pretrained(model_id)
@@ -246,12 +260,22 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
         raise ModelNotFoundError(f"Could not load {model_id!r}: {e}") from None
     except ImportError as e:
         raise BackendError(f"Could not load {model_id!r} with attn={attn_impl!r}, quant={quant!r}: {e}") from None
-    if quant_config is None:
+    if "device_map" not in kwargs:
         model.to(dev)
     model.eval()
     return VLM(model, processor, name=model_id if not model_id.startswith(str(TINY_MODEL_DIR)) else "tiny-idefics2",
                device=dev, dtype=torch_dtype, attn=attn_impl, quant=quant,
-               load_seconds=time.perf_counter() - start)
+               load_seconds=time.perf_counter() - start, notes=tuple(notes))
+
+
+def _auto_quant(model_id: str, device, dtype) -> tuple[str | None, str]:
+    """quant='auto': estimate the weights unquantized, 8-bit and 4-bit, and take the first that fits."""
+    from .fit import DeviceFacts, device_facts, quant_for
+    from .memory import estimate
+
+    if device.type != "cuda":
+        return quant_for("auto", {}, DeviceFacts(device.type))
+    return quant_for("auto", lambda q: estimate(model_id, dtype=dtype, quant=q).bytes, device_facts(device))
 
 
 def save_vlm(vlm: VLM, directory: str | os.PathLike) -> Path:

@@ -63,21 +63,35 @@ def byte_fallback_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     return tok
 
 
-def build_test_model(out_dir: str | os.PathLike, like: str = "idefics2-8b", seed: int = 0) -> Path:
-    """Write a random-weight model shaped like `like` (see LIKE) to out_dir; load it with load_vlm(out_dir)."""
-    import torch
-    from transformers import Idefics2Config, Idefics2ForConditionalGeneration, Idefics2ImageProcessorPil, Idefics2Processor
+def _reference(like: str) -> dict:
+    if like not in LIKE:
+        raise ModelNotFoundError(f"No test model is defined like {like!r}. Choose one of: {', '.join(LIKE)}.")
+    return json.loads(LIKE[like].read_text())
+
+
+def build_processor(like: str = "idefics2-8b"):
+    """The processor of `like` as published (image splitting, sizes, image_seq_len, chat template) around a
+    small byte-fallback tokenizer; also what `vlm-course bench --config idefics2-8b --random-weights` uses."""
+    from transformers import Idefics2ImageProcessorPil, Idefics2Processor
 
     from .tiny.build import CHAT_TEMPLATE, tokenizer_corpus
 
-    if like not in LIKE:
-        raise ModelNotFoundError(f"No test model is defined like {like!r}. Choose one of: {', '.join(LIKE)}.")
-    reference = json.loads(LIKE[like].read_text())
-    tokenizer = byte_fallback_tokenizer(tokenizer_corpus(2000))
+    reference = _reference(like)
+    return Idefics2Processor(image_processor=Idefics2ImageProcessorPil(**PROCESSORS[like]),
+                             tokenizer=byte_fallback_tokenizer(tokenizer_corpus(2000)),
+                             image_seq_len=reference["perceiver_config"]["resampler_n_latents"],
+                             chat_template=CHAT_TEMPLATE)
+
+
+def build_test_model(out_dir: str | os.PathLike, like: str = "idefics2-8b", seed: int = 0) -> Path:
+    """Write a random-weight model shaped like `like` (see LIKE) to out_dir; load it with load_vlm(out_dir)."""
+    import torch
+    from transformers import Idefics2Config, Idefics2ForConditionalGeneration
+
+    reference = _reference(like)
+    processor = build_processor(like)
+    tokenizer = processor.tokenizer
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in IMAGE_TOKENS}
-    image_seq_len = reference["perceiver_config"]["resampler_n_latents"]
-    processor = Idefics2Processor(image_processor=Idefics2ImageProcessorPil(**PROCESSORS[like]), tokenizer=tokenizer,
-                                  image_seq_len=image_seq_len, chat_template=CHAT_TEMPLATE)
 
     def shaped(part: str, **drop) -> dict:
         cfg = {k: v for k, v in reference[part].items() if k not in drop}
