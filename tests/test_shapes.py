@@ -99,3 +99,21 @@ def test_evaluation_sets_are_fixed_and_unlike_training():
 def test_unknown_family_raises_clearly():
     with pytest.raises(ValueError, match="unknown question family"):
         make_sample("colours", random.Random(0))
+
+
+def test_evaluation_bars_live_with_the_evaluation(tmp_path):
+    """tiny/card imported its bars from cli (a cycle: cli -> tiny/train -> tiny/card -> cli)."""
+    import subprocess
+    import sys
+
+    import shutil
+
+    from vlm_course.models import TINY_MODEL_DIR
+
+    shutil.copytree(TINY_MODEL_DIR, tmp_path / "model")
+    code = ("import sys; from vlm_course.tiny.card import write_card; import vlm_course.shapes.evaluate as e; "
+            f"write_card({str(tmp_path / 'model')!r}); "
+            "assert 'vlm_course.cli' not in sys.modules, 'tiny.card imports the cli'; "
+            "assert set(e.SINGLE_IMAGE_FAMILIES) <= set(e.BARS)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "model" / "README.md").read_text() == (TINY_MODEL_DIR / "README.md").read_text()

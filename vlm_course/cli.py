@@ -9,11 +9,6 @@ import sys
 
 from .errors import VLMCourseError
 
-# The bars of the tiny model's evaluation (exact match), per question family.
-BARS = {"describe": 0.98, "attribute": 0.98, "count": 0.98, "exists": 0.98, "position": 0.95,
-        "two_images": 0.95, "multi_turn": 0.95, "description": 0.95, "unknown": 0.95}
-PERTURBED_BAR = 0.95
-
 
 def cmd_info(args) -> int:
     from .models import load_vlm
@@ -62,14 +57,14 @@ def cmd_ask(args) -> int:
 
 def cmd_eval(args) -> int:
     from .models import load_vlm
-    from .shapes.evaluate import evaluate, format_scores
+    from .shapes.evaluate import BARS, PERTURBED_BAR, SINGLE_IMAGE_FAMILIES, evaluate, format_scores
 
     vlm = load_vlm(args.model, device=args.device)
     families = args.families.split(",") if args.families else None
     scores = evaluate(vlm, families, n=args.n, seed=args.seed, batch_size=args.batch_size)
     print(f"Exact match on {args.n} held-out questions per family ({vlm.name}):")
     print(format_scores(scores, BARS))
-    single = [s for f, s in scores.items() if f in ("describe", "attribute", "count", "exists", "position", "description")]
+    single = [s for f, s in scores.items() if f in SINGLE_IMAGE_FAMILIES]
     if single:
         correct, total = sum(s.correct for s in single), sum(s.total for s in single)
         print(f"single-image overall: {correct}/{total} = {correct / total:.1%}")

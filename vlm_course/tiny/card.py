@@ -55,7 +55,7 @@ Exact match on {n} held-out questions per family (seeded; training never draws t
 **Perturbed scenes** (the same kinds of question on scenes drawn at 256 px with a tinted background,
 ~3 px of jitter and JPEG quality 75, downscaled by the processor): {perturbed}.
 
-Single-image questions overall (describe, attribute, count, exists, position, description): {single}.
+Single-image questions overall ({single_families}): {single}.
 {short}
 
 ## Limitations
@@ -88,7 +88,7 @@ EXAMPLES = {
 
 def write_card(model_dir: str | Path) -> Path:
     """README.md from config.json, training_log.json (or training.json) and evaluation.json in `model_dir`."""
-    from ..cli import BARS, PERTURBED_BAR
+    from ..shapes.evaluate import BARS, PERTURBED_BAR, SINGLE_IMAGE_FAMILIES
 
     d = Path(model_dir)
     config = json.loads((d / "config.json").read_text())
@@ -109,7 +109,7 @@ def write_card(model_dir: str | Path) -> Path:
     perturbed = (f"{pert['correct']}/{pert['total']} = **{pert['accuracy']:.1%}** (bar {PERTURBED_BAR:.0%})"
                  if pert else "not measured")
     cfg = log["config"]
-    single_f = [f for f in ("describe", "attribute", "count", "exists", "position", "description") if f in scores]
+    single_f = [f for f in SINGLE_IMAGE_FAMILIES if f in scores]
     right, total = sum(scores[f]["correct"] for f in single_f), sum(scores[f]["total"] for f in single_f)
     single = f"{right}/{total} = **{right / total:.1%}**" if total else "not measured"
     below = [f for f in EXAMPLES if f in scores and scores[f]["accuracy"] < BARS[f]]
@@ -122,7 +122,7 @@ def write_card(model_dir: str | Path) -> Path:
         latents=p["resampler_n_latents"], seed=cfg["seed"], vocab=t["vocab_size"], batch=cfg["batch_size"],
         lr=cfg["lr"], warmup=cfg["warmup"], hold=cfg["hold"], min_lr=cfg["min_lr"], clip=cfg["clip"],
         steps=log["steps_done"], steps1=cfg["steps"], polish=cfg.get("polish_steps", 0),
-        polish_lr=cfg.get("polish_lr", "-"), single=single, short=short, minutes=log["seconds"] / 60,
+        polish_lr=cfg.get("polish_lr", "-"), single=single, single_families=", ".join(SINGLE_IMAGE_FAMILIES), short=short, minutes=log["seconds"] / 60,
         ms=1000 * (log["seconds"] - log.get("vision_pretraining", {}).get("seconds", 0)) / max(1, log["steps_done"]),
         n=n, eval_rows=eval_rows, perturbed=perturbed,
         weights=_weights(cfg.get("family_weights")),
