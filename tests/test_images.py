@@ -419,3 +419,71 @@ def test_data_uri_works_in_a_fresh_process():
             "print(image_to_data_uri(Image.new('RGB', (4, 4)))[:22])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "data:image/png;base64,", out.stderr
+
+
+# --------------------------------------------------------------------------- bounded decoding (issue 16)
+
+
+def big_png(side=6000) -> bytes:
+    """A 6000x6000 one-bit PNG: about 35 KB on the wire, 36 M pixels once decoded (the issue's bomb)."""
+    buf = io.BytesIO()
+    Image.new("1", (side, side), 0).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def test_max_side_decodes_no_larger_than_asked():
+    img = load_image(make_png((800, 400)), max_side=128)
+    assert img.size == (128, 64) and img.mode == "RGB"
+    assert load_image(make_png((100, 50)), max_side=128).size == (100, 50)  # never enlarged
+
+
+def test_jpeg_is_decoded_at_a_reduced_scale():
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (10, 200, 30)).save(buf, format="JPEG")
+    # 12 M pixels, over max_pixels, but JPEG decodes at 1/8 scale: 500x375 ever exists in memory
+    img = load_image(buf.getvalue(), max_side=300, max_pixels=1_000_000)
+    assert img.size == (300, 225)
+    assert img.getpixel((150, 100))[1] > 150
+
+
+def test_pixel_bomb_is_refused_from_its_header():
+    data = big_png()
+    assert len(data) < 100_000
+    with pytest.raises(ImageError, match="36,000,000 pixels") as info:
+        load_image(data, max_pixels=4_000_000, max_side=128)
+    assert "MB once decoded" in str(info.value)
+
+
+def test_request_budget_is_charged_before_decoding():
+    from vlm_course.images import PixelBudget
+
+    budget = PixelBudget(30_000)
+    load_image(make_png((100, 100)), budget=budget)
+    load_image(make_png((100, 100)), budget=budget)
+    with pytest.raises(ImageError, match="per request"):
+        load_image(make_png((150, 100)), budget=budget)
+    assert budget.spent == 20_000
+
+
+@pytest.mark.parametrize("source", ["nope\x00.png", "x" * 5000 + ".png", "dir/" + "y" * 300 + ".png"])
+def test_unusable_paths_are_image_errors(source):
+    with pytest.raises(ImageError):
+        load_image(source)
+    with pytest.raises(ImageError):
+        load_image(Path(source))
+
+
+@pytest.mark.parametrize("url", ["http://example.org:99999/x.png", "http://example.org:abc/x.png",
+                                 "http://example.org:-1/x.png", "http://[::1/x.png", "http://exa\x00mple.org/x",
+                                 "http://example.org/a\r\nHost: evil", "http://ex\ud800.org/x.png"])
+def test_malformed_urls_are_image_errors_without_any_connection(url):
+    with pytest.raises(ImageError, match="URL"):
+        load_image(url, timeout=1)
+
+
+def test_missing_file_message_does_not_reveal_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for source in ("missing.png", Path("missing.png")):
+        with pytest.raises(ImageError) as info:
+            load_image(source)
+        assert str(tmp_path) not in str(info.value) and "missing.png" in str(info.value)

@@ -188,6 +188,8 @@ def generation_options(vlm, max_new_tokens: int = 64, temperature: float = 0.0, 
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise GenerationError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}.")
         torch.manual_seed(seed)
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if any(not isinstance(s, str) or not s for s in stops):

@@ -28,31 +28,25 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import ipaddress
 import os
 import re
-import socket
-import time
-import urllib.error
+import threading
 import urllib.parse
-import urllib.request
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlm_course.errors import ImageError
 
-__all__ = ["load_image", "image_to_data_uri", "ImageSource"]
+__all__ = ["load_image", "image_to_data_uri", "ImageSource", "PixelBudget"]
 
 ImageSource = Union[Image.Image, str, "os.PathLike[str]", bytes, bytearray, memoryview]
 
 _SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://")
 _BASE64_RE = re.compile(r"^[A-Za-z0-9+/\-_]+={0,2}$")
 _MIN_BASE64_LEN = 32  # shorter strings are treated as paths; no real image encodes that small
-_CHUNK = 64 * 1024
-_USER_AGENT = "vlm-course (image loader)"
 
 
 def _mb(n: int) -> str:
@@ -70,6 +64,9 @@ def load_image(
     max_pixels: int = 40_000_000,
     timeout: float = 10.0,
     allow_local: bool = True,
+    allow_private_urls: bool = True,
+    max_side: Optional[int] = None,
+    budget: Optional["PixelBudget"] = None,
 ) -> Image.Image:
     """Load an image from any supported source and return it as an RGB `PIL.Image.Image`.
 
@@ -80,24 +77,32 @@ def load_image(
         max_pixels: refuse images whose width x height exceeds this, before decoding pixels.
         timeout: seconds allowed for a whole URL download (connect, headers and body).
         allow_local: if False, refuse local paths (for servers that load client-named images).
+        allow_private_urls: if False, refuse URLs whose host is not a public address (loopback, private
+            networks, link-local, ...: see `vlm_course.fetch.is_public_address`).
+        max_side: decode no larger than this many pixels on the longer side (JPEG decodes at a reduced
+            scale; other formats are shrunk right after decoding). None keeps the full size.
+        budget: a `PixelBudget` shared by the images of one request: each image's pixels are charged
+            from its header, before it is decoded.
 
     Raises:
         ImageError: with a message saying what was wrong and what to do.
     """
+    limits = _Limits(max_pixels, max_side, budget)
     if isinstance(source, Image.Image):
-        return _finish(source, max_pixels=max_pixels, origin="the PIL image")
+        return _finish(source, limits, origin="the PIL image")
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
             raise ImageError("The image bytes are empty. Pass the encoded file contents (PNG, JPEG, ...).")
         _check_bytes(len(data), max_bytes, "the image bytes")
-        return _decode(data, max_pixels=max_pixels, origin=f"the image data ({len(data)} bytes)")
+        return _decode(data, limits, origin=f"the image data ({len(data)} bytes)")
     if isinstance(source, os.PathLike):
         if not allow_local:
             raise ImageError("Local file paths are not allowed here. Send the image as a data URI, base64 or an http(s) URL.")
-        return _load_path(Path(source), max_bytes=max_bytes, max_pixels=max_pixels)
+        return _load_path(Path(source), max_bytes=max_bytes, limits=limits)
     if isinstance(source, str):
-        return _load_str(source, max_bytes=max_bytes, max_pixels=max_pixels, timeout=timeout, allow_local=allow_local)
+        return _load_str(source, max_bytes=max_bytes, limits=limits, timeout=timeout, allow_local=allow_local,
+                         allow_private_urls=allow_private_urls)
     raise ImageError(
         f"Cannot load an image from a {type(source).__name__} ({_short(repr(source))}). "
         "Pass a PIL image, a file path, an http(s) URL, a data URI, a base64 string or image bytes."
@@ -128,20 +133,48 @@ def image_to_data_uri(img: ImageSource, format: str = "PNG") -> str:
     return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
 
 
+# --------------------------------------------------------------------------- limits
+
+
+class PixelBudget:
+    """Pixels one request may decode in all, charged image by image from the headers (thread-safe)."""
+
+    def __init__(self, total: int):
+        self.total, self.spent = total, 0
+        self._lock = threading.Lock()
+
+    def charge(self, pixels: int, origin: str) -> None:
+        with self._lock:
+            if self.spent + pixels > self.total:
+                raise ImageError(
+                    f"{origin[0].upper()}{origin[1:]} would bring this request's images to "
+                    f"{self.spent + pixels:,} pixels, over the limit of {self.total:,} per request. "
+                    "Send fewer or smaller images.")
+            self.spent += pixels
+
+
+class _Limits:
+    def __init__(self, max_pixels: int, max_side: Optional[int], budget: Optional[PixelBudget]):
+        if isinstance(max_side, bool) or (max_side is not None and (not isinstance(max_side, int) or max_side < 1)):
+            raise ImageError(f"max_side must be a positive number of pixels or None, got {max_side!r}.")
+        self.max_pixels, self.max_side, self.budget = max_pixels, max_side, budget
+
+
 # --------------------------------------------------------------------------- sources
 
 
-def _load_str(source: str, *, max_bytes: int, max_pixels: int, timeout: float, allow_local: bool) -> Image.Image:
+def _load_str(source: str, *, max_bytes: int, limits: _Limits, timeout: float, allow_local: bool,
+              allow_private_urls: bool) -> Image.Image:
     text = source.strip()
     if not text:
         raise ImageError("The image source is an empty string. Pass a file path, an http(s) URL, a data URI or base64.")
     if text[:5].lower() == "data:":
-        return _load_data_uri(text, max_bytes=max_bytes, max_pixels=max_pixels)
+        return _load_data_uri(text, max_bytes=max_bytes, limits=limits)
     match = _SCHEME_RE.match(text)
     if match:
         scheme = match.group(1).lower()
         if scheme in ("http", "https"):
-            return _load_url(text, max_bytes=max_bytes, max_pixels=max_pixels, timeout=timeout)
+            return _load_url(text, max_bytes=max_bytes, limits=limits, timeout=timeout, allow_private=allow_private_urls)
         if scheme == "file":
             raise ImageError(
                 f"file:// URLs are not supported ({_short(text)}). "
@@ -153,18 +186,14 @@ def _load_str(source: str, *, max_bytes: int, max_pixels: int, timeout: float, a
         )
     if allow_local:
         path = Path(text).expanduser()
-        try:
-            exists = path.exists()
-        except (OSError, ValueError):  # name too long, embedded NUL, ...
-            exists = False
-        if exists:
-            return _load_path(path, max_bytes=max_bytes, max_pixels=max_pixels)
+        if _exists(path):
+            return _load_path(path, max_bytes=max_bytes, limits=limits)
     compact = re.sub(r"\s+", "", text)
     if len(compact) >= _MIN_BASE64_LEN and _BASE64_RE.match(compact):
         data = _b64decode(compact, max_bytes=max_bytes, what="The string")
         return _decode(
             data,
-            max_pixels=max_pixels,
+            limits,
             origin=f"the base64 string ({len(data)} bytes once decoded)",
             hint="If you meant a file path, no such file exists.",
         )
@@ -174,34 +203,56 @@ def _load_str(source: str, *, max_bytes: int, max_pixels: int, timeout: float, a
             "(local file paths are not allowed here)."
         )
     raise ImageError(
-        f"Image file not found: {_short(str(Path(text).expanduser()), 200)}. "
-        "Check the path (relative paths start from the current directory, "
-        f"{os.getcwd()}), or pass an http(s) URL, a data URI or base64 image data."
+        f"Image file not found: {_short(text, 200)!r}. Check the path (a relative path starts from the "
+        "current directory), or pass an http(s) URL, a data URI or base64 image data."
     )
 
 
-def _load_path(path: Path, *, max_bytes: int, max_pixels: int) -> Image.Image:
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # name too long, embedded NUL, ...
+        return False
+
+
+def _check_path_text(path: Path) -> None:
+    """Refuse names no file system takes, with the reason (os raises ValueError / OSError for them)."""
+    text = str(path)
+    if "\0" in text:
+        raise ImageError(f"The image path {_short(text)!r} contains a NUL character; no file has such a name.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ImageError(f"The image path {_short(text)!r} is not valid text (it holds a lone surrogate).") from None
+    if any(len(part.encode()) > 255 for part in path.parts):
+        raise ImageError(f"The image path {_short(text)!r} has a name longer than 255 bytes; no file has such a name.")
+
+
+def _load_path(path: Path, *, max_bytes: int, limits: _Limits) -> Image.Image:
     path = path.expanduser()
-    if not path.exists():
-        raise ImageError(f"Image file not found: {path}. Check the path and the current directory ({os.getcwd()}).")
+    _check_path_text(path)
+    shown = _short(str(path), 200)
+    if not _exists(path):
+        raise ImageError(f"Image file not found: {shown!r}. Check the path (a relative path starts from the current "
+                         "directory).")
     if path.is_dir():
-        raise ImageError(f"{path} is a directory, not an image file. Pass the path of one image file inside it.")
+        raise ImageError(f"{shown!r} is a directory, not an image file. Pass the path of one image file inside it.")
     try:
         size = path.stat().st_size
-        _check_bytes(size, max_bytes, f"the file {path}")
+        _check_bytes(size, max_bytes, f"the file {shown!r}")
         if size == 0:
-            raise ImageError(f"The file {path} is empty (0 bytes). Pass a real image file (PNG, JPEG, ...).")
+            raise ImageError(f"The file {shown!r} is empty (0 bytes). Pass a real image file (PNG, JPEG, ...).")
         with open(path, "rb") as fh:
             data = fh.read(max_bytes + 1)
     except ImageError:
         raise
     except OSError as exc:
-        raise ImageError(f"Could not read the image file {path}: {exc.strerror or exc}. Check its permissions.") from exc
-    _check_bytes(len(data), max_bytes, f"the file {path}")
-    return _decode(data, max_pixels=max_pixels, origin=f"the file {path}")
+        raise ImageError(f"Could not read the image file {shown!r}: {exc.strerror or exc}. Check its permissions.") from exc
+    _check_bytes(len(data), max_bytes, f"the file {shown!r}")
+    return _decode(data, limits, origin=f"the file {shown!r}")
 
 
-def _load_data_uri(uri: str, *, max_bytes: int, max_pixels: int) -> Image.Image:
+def _load_data_uri(uri: str, *, max_bytes: int, limits: _Limits) -> Image.Image:
     header, sep, payload = uri.partition(",")
     if not sep:
         raise ImageError(
@@ -212,7 +263,7 @@ def _load_data_uri(uri: str, *, max_bytes: int, max_pixels: int) -> Image.Image:
     mime = params[0]
     if mime and not mime.startswith("image/"):
         raise ImageError(
-            f"The data URI holds '{mime}', not an image. Expected 'data:image/png;base64,...' "
+            f"The data URI holds {_short(mime, 40)!r}, not an image. Expected 'data:image/png;base64,...' "
             "(or image/jpeg, image/webp, ...)."
         )
     if "base64" in params[1:]:
@@ -221,81 +272,21 @@ def _load_data_uri(uri: str, *, max_bytes: int, max_pixels: int) -> Image.Image:
             raise ImageError("The data URI holds no data after the comma. Encode the image bytes with base64.")
         data = _b64decode(compact, max_bytes=max_bytes, what="The data URI's payload")
     else:
-        data = urllib.parse.unquote_to_bytes(payload)
+        try:
+            data = urllib.parse.unquote_to_bytes(payload)
+        except UnicodeEncodeError:
+            raise ImageError("The data URI's payload is not valid text (it holds a lone surrogate).") from None
         if not data:
             raise ImageError("The data URI holds no data after the comma. Encode the image bytes with base64.")
         _check_bytes(len(data), max_bytes, "the data URI")
-    return _decode(data, max_pixels=max_pixels, origin=f"the data URI ({mime or 'no media type'}, {len(data)} bytes)")
+    return _decode(data, limits, origin=f"the data URI ({_short(mime, 40) or 'no media type'}, {len(data)} bytes)")
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _load_url(url: str, *, max_bytes: int, limits: _Limits, timeout: float, allow_private: bool) -> Image.Image:
+    from .fetch import _short as short_url, fetch
 
-
-def _load_url(url: str, *, max_bytes: int, max_pixels: int, timeout: float) -> Image.Image:
-    parsed = urllib.parse.urlsplit(url)
-    if not parsed.hostname:
-        raise ImageError(f"The URL {_short(url)} has no host name. Expected e.g. 'https://example.org/cat.png'.")
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept": "image/*"})
-    # A proxy set in the environment must not swallow requests to this machine's own servers.
-    handlers = [urllib.request.ProxyHandler({})] if _is_loopback(parsed.hostname) else []
-    opener = urllib.request.build_opener(*handlers)
-    deadline = time.monotonic() + timeout
-    short = _short(url)
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit():
-                _check_bytes(int(length), max_bytes, f"the download from {short}")
-            chunks: list[bytes] = []
-            total = 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise socket.timeout()
-                # read1: one socket read at a time, so a server that trickles bytes meets the deadline.
-                chunk = response.read1(min(_CHUNK, max_bytes + 1 - total))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > max_bytes:
-                    _check_bytes(total, max_bytes, f"the download from {short}", at_least=True)
-            data = b"".join(chunks)
-    except ImageError:
-        raise
-    except urllib.error.HTTPError as exc:
-        raise ImageError(
-            f"Downloading {short} failed with HTTP {exc.code} {exc.reason}. Check that the URL is right and public."
-        ) from exc
-    except (socket.timeout, TimeoutError) as exc:
-        raise ImageError(
-            f"Downloading {short} timed out after {timeout:g} s. Check the network, raise timeout=, "
-            "or download the image and pass its local path."
-        ) from exc
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, (socket.timeout, TimeoutError)):
-            raise ImageError(
-                f"Downloading {short} timed out after {timeout:g} s. Check the network, raise timeout=, "
-                "or download the image and pass its local path."
-            ) from exc
-        raise ImageError(
-            f"Could not download {short}: {getattr(reason, 'strerror', None) or reason}. "
-            "Check the URL and your network connection (this machine may be offline), "
-            "or download the image and pass its local path."
-        ) from exc
-    except (OSError, ValueError) as exc:  # connection reset mid-body, malformed URL, bad status line...
-        raise ImageError(f"Could not download {short}: {exc}. Check the URL, or pass a local path.") from exc
-    if not data:
-        raise ImageError(f"The download from {short} is empty (0 bytes). Check that the URL points at an image.")
-    return _decode(data, max_pixels=max_pixels, origin=f"the download from {short}")
+    fetched = fetch(url, timeout=timeout, max_bytes=max_bytes, allow_private=allow_private)
+    return _decode(fetched.data, limits, origin=f"the download from {short_url(url)}")
 
 
 # --------------------------------------------------------------------------- decoding
@@ -330,12 +321,12 @@ def _b64decode(text: str, *, max_bytes: int, what: str) -> bytes:
     return data
 
 
-def _decode(data: bytes, *, max_pixels: int, origin: str, hint: str = "") -> Image.Image:
+def _decode(data: bytes, limits: _Limits, *, origin: str, hint: str = "") -> Image.Image:
     hint = f" {hint}" if hint else ""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data))  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(
             f"{origin[0].upper()}{origin[1:]} has too many pixels for Pillow's decompression-bomb guard ({exc}). "
@@ -354,23 +345,36 @@ def _decode(data: bytes, *, max_pixels: int, origin: str, hint: str = "") -> Ima
             f"{origin[0].upper()}{origin[1:]} is truncated or corrupt and could not be read as an image "
             f"({type(exc).__name__}: {exc}). Re-export or re-download the image.{hint}"
         ) from exc
-    return _finish(img, max_pixels=max_pixels, origin=origin)
+    return _finish(img, limits, origin=origin)
 
 
-def _finish(img: Image.Image, *, max_pixels: int, origin: str) -> Image.Image:
+def _finish(img: Image.Image, limits: _Limits, *, origin: str) -> Image.Image:
+    """Check the size from the header, then decode no larger than needed, as RGB."""
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageError(f"{origin[0].upper()}{origin[1:]} has no pixels ({width}x{height}). Pass a non-empty image.")
-    if width * height > max_pixels:
+    if limits.max_side and getattr(img, "format", None) == "JPEG" and max(width, height) > limits.max_side:
+        # JPEG decodes at 1/2, 1/4 or 1/8 scale directly: the full-size pixels never exist in memory.
+        scale = limits.max_side / max(width, height)
+        img.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
+        width, height = img.size
+    pixels = width * height
+    if pixels > limits.max_pixels:
+        bands = len(img.getbands())
         raise ImageError(
-            f"{origin[0].upper()}{origin[1:]} is {width}x{height} = {width * height:,} pixels, over the limit "
-            f"max_pixels={max_pixels:,}. Resize it first, or raise max_pixels= if you trust the source."
+            f"{origin[0].upper()}{origin[1:]} is {width}x{height} = {pixels:,} pixels (about "
+            f"{_mb(pixels * max(bands, 3))} once decoded), over the limit max_pixels={limits.max_pixels:,}. "
+            "Resize it first, or raise max_pixels= if you trust the source."
         )
+    if limits.budget is not None:
+        limits.budget.charge(pixels, origin)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
             img = ImageOps.exif_transpose(img)
+            if limits.max_side and max(img.size) > limits.max_side:
+                img = _shrink(img, limits.max_side)
             return _to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(
@@ -382,6 +386,15 @@ def _finish(img: Image.Image, *, max_pixels: int, origin: str) -> Image.Image:
             f"{origin[0].upper()}{origin[1:]} is truncated or corrupt and could not be decoded "
             f"({type(exc).__name__}: {exc}). Re-export or re-download the image."
         ) from exc
+
+
+def _shrink(img: Image.Image, max_side: int) -> Image.Image:
+    """A copy that fits in max_side x max_side (aspect kept); the decoded original can be freed at once."""
+    if img.mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "F"):
+        img = _to_rgb(img)  # palette and other modes: resample in RGB, not by nearest palette index
+    scale = max_side / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

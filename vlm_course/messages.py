@@ -85,6 +85,11 @@ def _part(part: Any, where: str, role: str) -> dict:
         text = part.get("text")
         if not isinstance(text, str) or (not text.strip() and role != "assistant"):  # a model may say nothing
             raise MessagesError(f"{where} is a text part with no text; give it a non-empty 'text' string.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate such as "\ud800": no tokenizer can read it
+            raise MessagesError(f"{where} holds text that is not valid Unicode ({e.reason} at position {e.start}); "
+                                "decode the text properly (a lone surrogate is half of a character).") from None
         for token in RESERVED:
             if token in text:
                 raise MessagesError(

@@ -13,7 +13,6 @@ FastAPI, uvicorn and Ray are imported only when used.
 from __future__ import annotations
 
 import argparse
-import os
 
 __all__ = ["ServerSettings", "create_app", "start_in_background", "RayServeConfig", "main"]
 
@@ -35,24 +34,12 @@ def __getattr__(name):  # lazy: `import vlm_course.serve` must not need fastapi
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .settings import add_arguments
+
     p = argparse.ArgumentParser(prog="vlm-course serve", description="An OpenAI-compatible chat-completions server.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default=None, help="hub id or directory (default: $VLM_COURSE_MODEL or the tiny model)")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--attn", default="auto")
-    p.add_argument("--quant", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--api-key", default=os.environ.get("VLM_COURSE_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' (default: $VLM_COURSE_API_KEY, else no key)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="most requests in one batched generate")
-    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long the first request waits for company")
-    p.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
-                   help="allow image paths under DIR (repeatable; default: no local paths)")
-    p.add_argument("--allow-private-urls", action="store_true",
-                   help="allow image URLs on loopback/private addresses (default: refused)")
-    p.add_argument("--max-images", type=int, default=8, help="most images per request")
-    p.add_argument("--max-body-bytes", type=int, default=20_000_000)
+    add_arguments(p)  # one option per ServerSettings field, with its default and help
     p.add_argument("--log-level", default="info")
     ray = p.add_argument_group("Ray Serve")
     ray.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment on a local Ray instance")
@@ -63,13 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .app import ServerSettings
+    from .settings import from_arguments
 
-    settings = ServerSettings(model=args.model, dtype=args.dtype, attn=args.attn, quant=args.quant, device=args.device,
-                              api_key=args.api_key, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                              allow_dirs=args.allow_dir, allow_private_urls=args.allow_private_urls,
-                              max_images=args.max_images, max_body_bytes=args.max_body_bytes)
+    args = build_parser().parse_args(argv)
+    try:
+        settings = from_arguments(args)
+    except ValueError as e:
+        build_parser().error(str(e))
     if args.ray:
         from .ray_app import RayServeConfig, serve_with_ray
 

@@ -8,6 +8,13 @@ flag: a per-row stopping criterion ends a row early, and the whole generate ends
 done or cancelled. The same criterion sees every new token, so it also fans tokens out to each
 request as text pieces (streaming and non-streaming requests share one code path).
 
+Per row as well: OpenAI's frequency and presence penalties (`_RowPenalties`) and logprobs
+(`_LogprobRecorder` keeps each step's log-softmax of the model's logits for the rows that ask).
+Before generating, each row's prompt is measured against the model's context: a row that does not fit
+fails with `context_length_exceeded`, before any model compute. While the prompt is prefilled the
+decoder layers check whether every row has been cancelled (the client left, or the server is shutting
+down) and stop the forward pass if so.
+
 Greedy rows give the same text as `chat.generate` on the same conversation (left padding does not
 change a row's tokens); the tests check this.
 """
@@ -25,7 +32,38 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ..chat import IncrementalDecoder, Usage, end_token_ids, finish_reply, generation_options, prepare, visible_text
-from ..errors import VLMCourseError
+from ..errors import GenerationError, VLMCourseError
+from .errors import ShuttingDown
+
+
+class ContextLengthError(GenerationError):
+    code, param = "context_length_exceeded", "messages"
+
+
+def context_length(vlm) -> Optional[int]:
+    """The most positions the language model was built for (prompt and reply together)."""
+    config = vlm.model.config
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "max_position_embeddings", None)
+
+
+def check_context(prompt_tokens: int, max_new_tokens: int, context: Optional[int], explicit: bool) -> int:
+    """The max_new_tokens a row may use; ContextLengthError when its prompt leaves no room (or not the
+    room it asked for)."""
+    if context is None:
+        return max_new_tokens
+    room = context - prompt_tokens
+    if room < 1 or (explicit and max_new_tokens > room):
+        asked = f" and max_tokens={max_new_tokens}" if explicit else ""
+        raise ContextLengthError(
+            f"This model's context is {context} tokens; the prompt has {prompt_tokens} tokens{asked}, "
+            f"{prompt_tokens + (max_new_tokens if explicit else 1) - context} too many. Shorten the messages "
+            "(or send fewer images), or ask for fewer max_tokens.")
+    return min(max_new_tokens, room)
+
+
+class _Cancelled(Exception):
+    """Raised inside the model's forward pass when every row of the batch has been cancelled."""
 
 
 @dataclass
@@ -33,6 +71,7 @@ class Result:
     text: str
     finish_reason: str  # "stop", "length" or "cancelled"
     usage: Usage
+    logprobs: Optional[list[dict]] = None  # OpenAI's logprobs.content, when the request asked
 
 
 @dataclass
@@ -48,15 +87,23 @@ class Job:
     stops: Optional[list[str]] = None
     logit_bias: Optional[dict[int, float]] = None
     stream: bool = True  # False: no "delta" events, only "done" (saves the event loop 1 wake-up a token)
+    top_k: Optional[int] = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int = 0
+    max_tokens_explicit: bool = True  # False: the server's default, shortened to fit the context
     cancel: threading.Event = field(default_factory=threading.Event)
     enqueued: float = field(default_factory=time.perf_counter)
+    stop_reason: Optional[BaseException] = None  # set with cancel when the server (not the client) ends the job
 
     def group_key(self) -> tuple:
         """Jobs with equal keys can share one generate. Greedy jobs always can; a seeded job runs alone
         so that its random numbers are its own (the same as chat.generate with that seed)."""
         if self.temperature == 0:
             return ("greedy",)
-        return ("sample", self.temperature, self.top_p, self.seed, id(self) if self.seed is not None else None)
+        top_k = self.top_k if self.top_k and self.top_k > 0 else None
+        return ("sample", self.temperature, self.top_p, top_k, self.seed, id(self) if self.seed is not None else None)
 
 
 class _Row:
@@ -70,14 +117,18 @@ class _Row:
         self.first: Optional[float] = None
         self.done = False
         self.cancelled = False
+        self.logprobs: list[dict] = []  # OpenAI's logprobs.content entries, one a generated token
+        self.logprobs_sent = 0
 
-    def take(self, token_id: int, end_ids: set[int]) -> None:
+    def take(self, token_id: int, end_ids: set[int], logprobs=None) -> None:
         if self.first is None:
             self.first = time.perf_counter()
         self.ids.append(token_id)
         if token_id in end_ids:
             self.finish()
             return
+        if logprobs is not None:
+            self.logprobs.append(self.logprob_entry(token_id, logprobs))
         if not self.job.stream and not self.job.stops:  # nothing to send or check until the end
             if len(self.ids) >= self.job.max_new_tokens:
                 self.finish()
@@ -87,7 +138,7 @@ class _Row:
         text, stopped = visible_text(self.raw, self.job.stops)
         if len(text) > len(self.sent):
             if self.job.stream:
-                self.job.emit(("delta", text[len(self.sent):]))
+                self.job.emit(("delta", text[len(self.sent):], self.new_logprobs()))
             self.sent = text
         if stopped or len(self.ids) >= self.job.max_new_tokens:
             self.finish()
@@ -102,31 +153,84 @@ class _Row:
         ids, text, reason = finish_reply(self.vlm, self.ids, self.job.max_new_tokens, self.job.stops)
         if cancelled:
             reason = "cancelled"
+        if cancelled and self.job.stop_reason is not None:  # the server ends it: an error, not a reply
+            self.job.emit(("error", self.job.stop_reason, 503))
+            return
         if self.job.stream and text.startswith(self.sent) and len(text) > len(self.sent):
-            self.job.emit(("delta", text[len(self.sent):]))
+            self.job.emit(("delta", text[len(self.sent):], self.new_logprobs()))
+        elif self.job.stream and self.logprobs_sent < len(self.logprobs):
+            self.job.emit(("delta", "", self.new_logprobs()))
         now = time.perf_counter()
         # Times count from the moment the request was queued: what the client waited.
         ttft = self.first - self.job.enqueued if self.first is not None else None
         usage = Usage(self.prompt_tokens, len(ids), now - self.job.enqueued, ttft)
-        self.job.emit(("done", Result(text, reason, usage)))
+        self.job.emit(("done", Result(text, reason, usage, self.logprobs if self.job.logprobs else None)))
+
+    def new_logprobs(self) -> Optional[list[dict]]:
+        """The logprobs entries not yet sent (streamed with the delta they belong to)."""
+        if not self.job.logprobs:
+            return None
+        new, self.logprobs_sent = self.logprobs[self.logprobs_sent:], len(self.logprobs)
+        return new
+
+    def logprob_entry(self, token_id: int, logprobs: torch.Tensor) -> dict:
+        def one(tid: int, value: float) -> dict:
+            text = self.vlm.tokenizer.decode([tid])
+            return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8", "replace"))}
+
+        entry = one(token_id, float(logprobs[token_id]))
+        entry["top_logprobs"] = []
+        if self.job.top_logprobs:
+            values, ids = torch.topk(logprobs, min(self.job.top_logprobs, logprobs.shape[-1]))
+            entry["top_logprobs"] = [one(int(t), float(v)) for v, t in zip(values.tolist(), ids.tolist())]
+        return entry
 
 
 class _FanOut(StoppingCriteria):
     """Called by generate after every step with all rows' tokens: hands each live row its token and
     reports which rows are finished (their own limit, a stop string, end of turn, or cancelled)."""
 
-    def __init__(self, rows: list[_Row], end_ids: set[int], prompt_len: int):
-        self.rows, self.end_ids, self.prompt_len = rows, end_ids, prompt_len
+    def __init__(self, rows: list[_Row], end_ids: set[int], prompt_len: int, recorder: Optional["_LogprobRecorder"] = None):
+        self.rows, self.end_ids, self.prompt_len, self.recorder = rows, end_ids, prompt_len, recorder
 
     def __call__(self, input_ids, scores, **kwargs):
         last = input_ids[:, -1].tolist()
-        for row, token in zip(self.rows, last):
+        logprobs = self.recorder.last if self.recorder is not None else None
+        for i, (row, token) in enumerate(zip(self.rows, last)):
             if not row.done:
                 if row.job.cancel.is_set():
                     row.finish(cancelled=True)
                 else:
-                    row.take(token, self.end_ids)
+                    row.take(token, self.end_ids, logprobs[i] if logprobs is not None and row.job.logprobs else None)
         return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+
+class _LogprobRecorder(LogitsProcessor):
+    """First in the list: keeps the log-softmax of the model's own logits at this step (before biases,
+    penalties, temperature and top-p), for the rows that asked for logprobs."""
+
+    def __init__(self):
+        self.last = None
+
+    def __call__(self, input_ids, scores):
+        self.last = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+
+class _RowPenalties(LogitsProcessor):
+    """OpenAI's frequency and presence penalties, per row, over the tokens generated so far."""
+
+    def __init__(self, jobs: list[Job], prompt_len: int):
+        self.prompt_len = prompt_len
+        self.frequency = torch.tensor([[j.frequency_penalty] for j in jobs])
+        self.presence = torch.tensor([[j.presence_penalty] for j in jobs])
+
+    def __call__(self, input_ids, scores):
+        generated = input_ids[:, self.prompt_len:]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency.to(scores) * counts - self.presence.to(scores) * (counts > 0).to(scores)
 
 
 class _RowBias(LogitsProcessor):
@@ -156,6 +260,8 @@ class Batcher:
         self._queue: queue.Queue = queue.Queue()
         self._backlog: collections.deque[Job] = collections.deque()  # taken from the queue, not yet run
         self.end_token_ids = end_token_ids(vlm)
+        self.context = context_length(vlm)
+        self._decoder_layers: Optional[list] = None
         self.stats = {"requests": 0, "batches": 0, "rows": 0, "largest_batch": 0, "cancelled": 0,
                       "cancelled_tokens": [], "active": 0}
         self._closed = False
@@ -243,30 +349,82 @@ class Batcher:
             for job in group:
                 job.emit(("error", e, 500))
             return
+        prompt_tokens = [int(n) for n in inputs["attention_mask"].sum(dim=1).tolist()]
+        fits, limits = [], []
+        for job, n in zip(group, prompt_tokens):
+            try:
+                limits.append(check_context(n, job.max_new_tokens, self.context, job.max_tokens_explicit))
+                fits.append(job)
+            except ContextLengthError as e:
+                job.emit(("error", e, 400))
+        if len(fits) < len(group):
+            if fits:
+                self._run(fits)
+            return
+        for job, limit in zip(group, limits):
+            job.max_new_tokens = limit
+        self._generate(group, inputs, prompt_tokens)
+
+    def _generate(self, group: list[Job], inputs, prompt_tokens: list[int]) -> None:
         first = group[0]
-        rows = [_Row(self.vlm, job, int(inputs["attention_mask"][i].sum())) for i, job in enumerate(group)]
+        rows = [_Row(self.vlm, job, n) for job, n in zip(group, prompt_tokens)]
         self.stats["batches"] += 1
         self.stats["rows"] += len(group)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
         self.stats["active"] = len(group)
+        prompt_len = inputs["input_ids"].shape[1]
+        hooks = self._watch_prefill(group)
         try:
             kwargs = generation_options(self.vlm, max_new_tokens=max(j.max_new_tokens for j in group),
                                         temperature=first.temperature, top_p=first.top_p, seed=first.seed)
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_FanOut(rows, self.end_token_ids, inputs["input_ids"].shape[1])])
+            if kwargs.get("do_sample") and first.top_k and first.top_k > 0:
+                kwargs["top_k"] = first.top_k
+            recorder = _LogprobRecorder() if any(j.logprobs for j in group) else None
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_FanOut(rows, self.end_token_ids, prompt_len, recorder)])
+            processors = [recorder] if recorder is not None else []
             if any(j.logit_bias for j in group):
-                kwargs["logits_processor"] = LogitsProcessorList([_RowBias([j.logit_bias for j in group])])
+                processors.append(_RowBias([j.logit_bias for j in group]))
+            if any(j.frequency_penalty or j.presence_penalty for j in group):
+                processors.append(_RowPenalties(group, prompt_len))
+            if processors:
+                kwargs["logits_processor"] = LogitsProcessorList(processors)
             with torch.no_grad():
                 self.vlm.model.generate(**inputs, **kwargs)
             for row in rows:  # rows the group's token limit ended
                 row.finish(cancelled=row.job.cancel.is_set())
+        except _Cancelled:  # every row was cancelled during the prefill
+            for row in rows:
+                row.finish(cancelled=True)
         except Exception as e:  # noqa: BLE001 - a failed generate fails its rows, not the server
             for row in rows:
                 if not row.done:
                     row.done = True
                     row.job.emit(("error", e, 500))
         finally:
+            for hook in hooks:
+                hook.remove()
             self.stats["active"] = 0
             for row in rows:
                 if row.cancelled:
                     self.stats["cancelled"] += 1
                     self.stats["cancelled_tokens"] = (self.stats["cancelled_tokens"] + [len(row.ids)])[-20:]
+
+    def _watch_prefill(self, group: list[Job]) -> list:
+        """Hooks on the decoder layers that stop the forward pass once every row is cancelled: a long prefill
+        (or one decoding step of a large model) need not run to its end for nobody."""
+        layers = self._layers()
+
+        def check(module, args):
+            if all(job.cancel.is_set() for job in group):
+                raise _Cancelled()
+
+        return [layer.register_forward_pre_hook(check) for layer in layers]
+
+    def _layers(self) -> list:
+        if self._decoder_layers is None:
+            found: list = []
+            for name, module in self.vlm.model.named_modules():
+                if isinstance(module, torch.nn.ModuleList) and name.endswith("layers") and len(module) > len(found):
+                    found = list(module)  # the longest stack of layers: the language model's
+            self._decoder_layers = found
+        return self._decoder_layers

@@ -14,34 +14,42 @@ router spreads requests over replicas; each replica batches what it receives.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import signal
 import threading
 from typing import Any, Optional
 
-from pydantic import BaseModel, Field
+import annotated_types
+from pydantic import BaseModel, Field, create_model
 
 from ..errors import BackendError, missing_extra
-from .app import ServerSettings, create_app
+from .app import create_app
+from .settings import ServerSettings
+from .settings import fields as settings_fields
 
 APP_NAME = "vlm-course"
 
 
-class RayServeConfig(BaseModel):
-    """A deployment of one model. Everything but the Ray fields becomes the replica's ServerSettings."""
+def _settings_fields() -> dict[str, Any]:
+    """Every ServerSettings field as a pydantic field (same default, help and lower bound); `model` is
+    called `model_id` here, as Ray and Aana configurations call it."""
+    out: dict[str, Any] = {}
+    for f, annotation in settings_fields():
+        default = Field(default_factory=f.default_factory) if f.default_factory is not dataclasses.MISSING else \
+            Field(f.default)
+        default.description = f.metadata.get("help")
+        if f.metadata.get("ge") is not None:
+            default.metadata.append(annotated_types.Ge(f.metadata["ge"]))
+        out[_ALIASES.get(f.name, f.name)] = (annotation, default)
+    return out
 
-    model_id: Optional[str] = Field(None, description="hub id or directory; None: VLM_COURSE_MODEL or the tiny model")
-    dtype: str = "auto"
-    attn: str = "auto"
-    quant: Optional[str] = None
-    device: Optional[str] = None
-    max_batch_size: int = Field(8, ge=1)
-    max_wait_ms: float = Field(10.0, ge=0)
-    api_key: Optional[str] = None
-    allow_private_urls: bool = False
-    allow_dirs: list[str] = Field(default_factory=list)
-    max_images: int = Field(8, ge=1)
-    # Ray's own knobs.
+
+_ALIASES = {"model": "model_id"}
+
+
+class _RayFields(BaseModel):
+    """Ray's own knobs; everything else (derived from ServerSettings) becomes the replica's settings."""
+
     num_replicas: int = Field(1, ge=1)
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
     max_ongoing_requests: Optional[int] = Field(
@@ -49,17 +57,17 @@ class RayServeConfig(BaseModel):
                           "replica batch what it holds, so this must be at least the batch size)")
 
     def server_settings(self) -> ServerSettings:
-        return ServerSettings(model=self.model_id, dtype=self.dtype, attn=self.attn, quant=self.quant, device=self.device,
-                              api_key=self.api_key, max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms,
-                              allow_dirs=list(self.allow_dirs), allow_private_urls=self.allow_private_urls,
-                              max_images=self.max_images)
+        return ServerSettings(**{f.name: getattr(self, _ALIASES.get(f.name, f.name)) for f, _ in settings_fields()})
 
     @classmethod
     def from_settings(cls, settings: ServerSettings, **ray_fields) -> "RayServeConfig":
-        return cls(model_id=settings.model, dtype=settings.dtype, attn=settings.attn, quant=settings.quant,
-                   device=settings.device, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
-                   api_key=settings.api_key, allow_private_urls=settings.allow_private_urls,
-                   allow_dirs=list(settings.allow_dirs), max_images=settings.max_images, **ray_fields)
+        values = {_ALIASES.get(f.name, f.name): getattr(settings, f.name) for f, _ in settings_fields()}
+        return cls(**values, **ray_fields)
+
+
+RayServeConfig = create_model("RayServeConfig", __base__=_RayFields, __module__=__name__, **_settings_fields())
+RayServeConfig.__doc__ = ("A deployment of one model: every ServerSettings field (model as model_id) plus Ray's "
+                          "num_replicas, ray_actor_options and max_ongoing_requests.")
 
 
 def _serve():
