@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _need import need  # skips outside CI, fails in CI
+
 from vlm_course.chat import generate, user
 from vlm_course.errors import BackendError
 from vlm_course.models import TINY_MODEL_DIR, available_attention, load_vlm, quantization_config, resolve_attention, save_vlm
@@ -54,7 +56,7 @@ def test_flex_attention_gives_identical_greedy_tokens():
 
 
 def test_quanto_int4_fails_under_inference_mode_but_the_package_generates():
-    pytest.importorskip("optimum.quanto")
+    need("optimum.quanto")
     q = load_vlm(TINY_MODEL_DIR, quant="quanto-int4", device="cpu")
     inputs = q.processor(text=["User: hi<end_of_utterance>\nAssistant:"], return_tensors="pt")
     with pytest.raises(RuntimeError, match="version_counter|inference"):
@@ -65,7 +67,7 @@ def test_quanto_int4_fails_under_inference_mode_but_the_package_generates():
 
 
 def test_saving_a_quanto_model_says_what_to_do_instead(tmp_path):
-    pytest.importorskip("optimum.quanto")
+    need("optimum.quanto")
     q = load_vlm(TINY_MODEL_DIR, quant="quanto-int8", device="cpu")
     with pytest.raises(BackendError, match="cannot be saved.*quant='quanto-int8'"):
         save_vlm(q, tmp_path / "q")
@@ -73,7 +75,7 @@ def test_saving_a_quanto_model_says_what_to_do_instead(tmp_path):
 
 @pytest.mark.parametrize("quant", ["bnb-4bit", "torchao-int8"])
 def test_bitsandbytes_and_torchao_models_save_and_reload_quantized(quant, tmp_path):
-    pytest.importorskip("bitsandbytes" if quant.startswith("bnb") else "torchao")
+    need("bitsandbytes" if quant.startswith("bnb") else "torchao")
     q = load_vlm(TINY_MODEL_DIR, quant=quant, device="cpu")
     again = load_vlm(save_vlm(q, tmp_path / "m"), device="cpu")
     assert type(again.model.model.text_model.layers[0].mlp.up_proj.weight) is type(q.model.model.text_model.layers[0].mlp.up_proj.weight)

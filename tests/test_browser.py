@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from _need import missing  # skips outside CI, fails in CI
+
 from vlm_course.shapes import random_scene
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -48,12 +50,9 @@ app'''
 
 
 def need(condition: bool, what: str) -> None:
-    """Skip when something the browser test needs is missing, but fail in CI (CI=true)."""
-    if condition:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{what} (CI must run the browser test; .ci/run installs chromium)")
-    pytest.skip(what)
+    """Skip when something the browser test needs is missing, but fail in CI (CI=true; .ci/run installs chromium)."""
+    if not condition:
+        missing(what)
 
 
 def free_port() -> int:

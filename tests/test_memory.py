@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _need import need  # skips outside CI, fails in CI
+
 from vlm_course.errors import BackendError, ModelNotFoundError
 from vlm_course.memory import estimate, estimate_table, load_config, model_bytes
 from vlm_course.models import QUANT_METHODS, TINY_MODEL_DIR, load_vlm
@@ -97,7 +99,7 @@ def fp32_bytes(vlm):
 @pytest.mark.parametrize("quant", QUANT_METHODS)
 def test_quantized_model_bytes_equal_hand_sum(quant, fp32_bytes):
     library = quant.split("-")[0]
-    pytest.importorskip(LIBRARY_MODULE[library])
+    need(LIBRARY_MODULE[library])
     q = load_vlm(TINY_MODEL_DIR, quant=quant, device="cpu")
     measured = model_bytes(q.model)
     assert measured == hand_sum(q.model, LIBRARY_BYTES[library])
@@ -109,7 +111,7 @@ def test_quantized_model_bytes_equal_hand_sum(quant, fp32_bytes):
 
 def test_get_memory_footprint_misses_quanto_savings(fp32_bytes):
     """The trap this module exists for: transformers' footprint reports float32 sizes under quanto."""
-    pytest.importorskip("optimum.quanto")
+    need("optimum.quanto")
     q = load_vlm(TINY_MODEL_DIR, quant="quanto-int8", device="cpu")
     assert q.model.get_memory_footprint() >= fp32_bytes
     assert model_bytes(q.model) < fp32_bytes / 2
