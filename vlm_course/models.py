@@ -59,14 +59,29 @@ def pick_device(device: str | None = None):
 
     if device:
         try:
-            return torch.device(device)
+            chosen = torch.device(device)
         except RuntimeError as e:
             raise BackendError(f"Unknown device {device!r} ({e}). Use 'cpu', 'cuda', 'cuda:0' or 'mps'.") from None
+        _check_device_exists(chosen)
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _check_device_exists(device) -> None:
+    """Refuse a device this machine lacks before loading anything (torch would fail later, inside .to())."""
+    import torch
+
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackendError(f"Device {str(device)!r} was asked for, but this machine has no CUDA GPU that torch can use "
+                           f"(torch {torch.__version__}). Use device='cpu', or device=None to pick the best one here.")
+    mps = getattr(torch.backends, "mps", None)
+    if device.type == "mps" and not (mps and mps.is_available()):
+        raise BackendError("Device 'mps' was asked for, but Apple's Metal backend is not available here. "
+                           "Use device='cpu', or device=None to pick the best one here.")
 
 
 def pick_dtype(dtype: Any, device, capability: tuple[int, int] | None = None) -> Any:
@@ -221,6 +236,8 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
     memory by memory.estimate; see vlm_course.fit). The reason for each choice is in the VLM's notes.
     device: None for cuda > mps > cpu, or e.g. 'cpu'.
     """
+    from safetensors import SafetensorError
+
     with _torchao_quiet():  # transformers imports torchao when it is installed
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -258,6 +275,9 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
             model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
     except OSError as e:
         raise ModelNotFoundError(f"Could not load {model_id!r}: {e}") from None
+    except SafetensorError as e:  # not an OSError: a truncated or damaged weights file
+        raise ModelNotFoundError(f"The weights of {model_id!r} could not be read ({e}): the file is damaged or "
+                                 "incomplete. Save or download the model again.") from None
     except ImportError as e:
         raise BackendError(f"Could not load {model_id!r} with attn={attn_impl!r}, quant={quant!r}: {e}") from None
     if "device_map" not in kwargs:
