@@ -225,12 +225,12 @@ class Completion:
     async def next_event(self) -> tuple:
         """The worker's next event; raises APIError when the client has left or the server stops."""
         while True:
+            if self.stopping.is_set():  # checked at every event too: a busy stream never waits long
+                self.cancel()
+                raise shutting_down()
             try:
                 return await asyncio.wait_for(self.events.get(), timeout=POLL_S)
             except asyncio.TimeoutError:
-                if self.stopping.is_set():
-                    self.cancel()
-                    raise shutting_down() from None
                 if await self.request.is_disconnected():
                     self.cancel()
                     raise APIError(499, "The client closed the request.", "client_closed") from None
