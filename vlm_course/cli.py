@@ -113,7 +113,7 @@ def cmd_build_test_model(args) -> int:
 
 
 # Subcommands with their own argument parsers, in the module that implements them.
-FORWARDED = {"bench": ".bench", "serve": ".serve"}
+FORWARDED = {"bench": ".bench", "serve": ".serve", "chat": ".terminal_chat"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="measure speed, memory and quality (see: vlm-course bench --help)")
     sub.add_parser("serve", help="OpenAI-compatible server (see: vlm-course serve --help)")
+    sub.add_parser("chat", help="talk with the model in the terminal (see: vlm-course chat --help)")
     return p
 
 
