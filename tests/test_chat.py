@@ -131,10 +131,12 @@ def test_chat_bench_reports_figures(vlm):
 
     b = measure_batching(vlm, n=4, max_new_tokens=16, repeats=1, progress=False)
     assert b["same_replies"] and b["conversations"] == 4 and b["completion_tokens"] > 0
-    assert b["speedup"] == pytest.approx(b["sequential_seconds"] / b["batch_seconds"])
-    # The per-image work is timed on its own and is a part of the batch's time, not all of it.
-    assert b["workload"] == "mixed" and b["preprocess_seconds"] > 0 and b["vision_seconds"] > 0
-    assert 0 < b["per_image_share"] < 1
+    # What batching buys, counted: one forward pass per token of each reply one by one, and one per step of the
+    # longest reply for the whole batch (the timings and their ratio are the benchmark's figures, not asserted).
+    assert b["sequential_forward_passes"] == b["completion_tokens"]
+    assert b["batch_forward_passes"] == b["longest_reply_tokens"] < b["completion_tokens"]
+    assert b["workload"] == "mixed" and b["images"] == [1, 2, 2, 1]
+    assert b["preprocess_seconds"] > 0 and b["vision_seconds"] > 0  # the per-image work was timed
     assert 1 <= b["longest_reply_tokens"] <= 16
     fig = plot_batching({"mixed": b})
     assert len(fig.axes) == 2

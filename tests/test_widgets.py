@@ -146,7 +146,7 @@ def test_settings_reach_generation(app, vlm):
     assert app.status.value.startswith("Done: 2 tokens")
 
 
-def test_bad_input_shows_a_message_and_the_app_keeps_working(app, image_server):
+def test_bad_input_shows_a_message_and_the_app_keeps_working(app, image_server, vlm):
     # Nothing to ask about yet.
     app.ask(DESCRIBE)
     assert "Choose an image first" in app.message.value and app.history == []
@@ -159,7 +159,7 @@ def test_bad_input_shows_a_message_and_the_app_keeps_working(app, image_server):
     # A URL that fails (nothing listening), a 404, a text file, and something that is not a URL.
     for url, words in [(f"http://127.0.0.1:{closed_port()}/cat.png", "Could not download"),
                        (f"{image_server}/missing.png", "HTTP 404"),
-                       (f"{image_server}/notes.txt", "not"),
+                       (f"{image_server}/notes.txt", "is text, not an image"),
                        ("my holiday photo", "not a web address")]:
         app.url.value = url
         app.load_url_button.click()
@@ -169,7 +169,8 @@ def test_bad_input_shows_a_message_and_the_app_keeps_working(app, image_server):
     # An upload that is not an image.
     app.upload.value = ({"name": "notes.txt", "type": "text/plain", "size": 5, "content": memoryview(b"hello"),
                          "last_modified": NOW},)
-    assert app.error and app.preview.value == before
+    assert "notes.txt" not in app.caption.value and app.preview.value == before
+    assert "(5 bytes) is text, not an image" in app.error and "PNG, JPEG" in app.error
     # ...and everything still works: a good URL, a good upload, a question.
     app.url.value = f"{image_server}/scene.png"
     app.load_url_button.click()
@@ -180,7 +181,8 @@ def test_bad_input_shows_a_message_and_the_app_keeps_working(app, image_server):
                          "content": memoryview(buf.getvalue()), "last_modified": NOW},)
     assert app.error == "" and app.image.size == (40, 30) and "Uploaded red.png" in app.caption.value
     app.ask(DESCRIBE)
-    assert app.wait(60) and roles(app) == ["user", "assistant"] and app.answer
+    assert app.wait(60) and roles(app) == ["user", "assistant"]
+    assert app.answer == generate(vlm, app.history[:1], max_new_tokens=64).text  # the uploaded image was used
 
 
 def test_stop_cancels_a_running_answer(vlm):
@@ -195,9 +197,11 @@ def test_stop_cancels_a_running_answer(vlm):
                     max_new_tokens=200)
     assert full.usage.completion_tokens >= 4, "the test needs an answer of several tokens"
     steps = []
+    started = threading.Event()
 
     def slow(module, args, kwargs):
         steps.append(time.perf_counter())
+        started.set()
         time.sleep(0.2)
 
     handle = vlm.model.register_forward_pre_hook(slow, with_kwargs=True)
@@ -207,8 +211,7 @@ def test_stop_cancels_a_running_answer(vlm):
         assert app.busy and app.ask_button.disabled and not app.stop_button.disabled
         app.ask_button.click()  # a second Ask while busy is refused with a message
         assert "Still answering" in app.error
-        while not steps:  # wait until generation has really started
-            time.sleep(0.01)
+        assert started.wait(60), "generation never started"  # wait until it has really started
         app.stop_button.click()
         assert app.wait(10), "Stop did not end the answer"
         stream_steps = len(steps)
@@ -218,7 +221,10 @@ def test_stop_cancels_a_running_answer(vlm):
     assert stream_steps < full.usage.completion_tokens  # generation really ended early
     assert full.text.startswith(app.answer) and len(app.answer) < len(full.text)
     assert not app.ask_button.disabled and app.stop_button.disabled
-    assert roles(app) in ([], ["user", "assistant"])  # a partial answer is kept; an empty one is not
+    if app.answer:  # a partial answer is kept, as the assistant's turn; an empty one is dropped with its question
+        assert roles(app) == ["user", "assistant"] and app.history[1]["content"][0]["text"] == app.answer
+    else:
+        assert roles(app) == []
     # The app keeps working after a stop.
     app.clear()
     app.ask("Describe this image in detail.")

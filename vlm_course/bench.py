@@ -389,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=20, help="questions per family for answer quality (0: skip)")
     p.add_argument("--families", default="describe,count")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3, help="timed generations after the warm-up one")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed generations after the warm-up one (default 3; --suite chat: 9 batching and 31 "
+                        "streaming calls, as medians of few calls swing on a busy machine)")
     p.add_argument("--in-process", action="store_true", help="measure all configurations in this process (quicker; "
                                                              "peak memory is then a rise, not a process peak)")
     p.add_argument("--no-save-check", action="store_true", help="skip the save and reload check")
@@ -419,7 +421,7 @@ def _run_cli(args) -> int:
     configs = args.configs.split(",") if args.configs else suite(args.suite, args.device)
     name = args.name or (args.suite if not args.configs else "bench")
     options = dict(device=args.device, n=args.n, families=args.families.split(","), max_new_tokens=args.max_new_tokens,
-                   repeats=args.repeats, check_save=not args.no_save_check)
+                   repeats=args.repeats or 3, check_save=not args.no_save_check)
     with tempfile.TemporaryDirectory() as tmp:
         model_id = args.model
         if args.random_weights or args.config:
@@ -445,15 +447,17 @@ def _run_chat(args) -> int:
     from .models import load_vlm
 
     vlm = load_vlm(args.model, device=args.device)
-    # Medians of few calls swing by several points on a shared VM: these calls are short, so take more.
-    batching = measure_batching_workloads(vlm, n=16, repeats=max(args.repeats, 9))
-    streaming = measure_stream_overhead(vlm, repeats=max(args.repeats, 31))
+    # Medians of few calls swing by several points on a shared VM: these calls are short, so take more
+    # unless --repeats says otherwise.
+    batching = measure_batching_workloads(vlm, n=16, repeats=args.repeats or 9)
+    streaming = measure_stream_overhead(vlm, repeats=args.repeats or 31)
     for name, b in batching.items():
         print(f"generate_batch of {b['conversations']} conversations ({name}: {b['completion_tokens']} reply tokens, "
               f"{sum(b['images'])} images): {b['batch_tokens_per_second']:.0f} tokens/s vs "
               f"{b['sequential_tokens_per_second']:.0f} one conversation at a time: {b['speedup']:.2f}x "
               f"(fastest runs {b['speedup_of_fastest_runs']:.2f}x); per-image work {b['per_image_share']:.0%} of the "
-              f"batch's time; same replies: {b['same_replies']}")
+              f"batch's time; forward passes: {b['batch_forward_passes']} batched vs {b['sequential_forward_passes']} "
+              f"one at a time; same replies: {b['same_replies']}")
     print(f"stream vs generate ({streaming['completion_tokens']} tokens): {streaming['overhead']:+.1%} wall time "
           f"(fastest runs {streaming['overhead_of_fastest_runs']:+.1%}); same text: {streaming['same_text']}; "
           f"first token after {1000 * streaming['stream_time_to_first_token']:.0f} ms")

@@ -53,6 +53,21 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def count_forward_passes(vlm, fn):
+    """(fn's result, how many times the model's forward ran during it): one pass per decoding step."""
+    passes = 0
+
+    def count(module, args, output):
+        nonlocal passes
+        passes += 1
+
+    handle = vlm.model.register_forward_hook(count)
+    try:
+        return fn(), passes
+    finally:
+        handle.remove()
+
+
 def measure_batching(vlm, n: int = 16, max_new_tokens: int = 48, repeats: int = 3, seed: int = 0,
                      conversations=None, workload: str = "mixed", progress: bool = True) -> dict:
     """Tokens per second of one generate_batch over n conversations vs n sequential generate calls.
@@ -83,6 +98,10 @@ def measure_batching(vlm, n: int = 16, max_new_tokens: int = 48, repeats: int = 
         batch = generate_batch(vlm, conversations, max_new_tokens=max_new_tokens)
         batched.append(time.perf_counter() - start)
         batched_cpu.append(time.process_time() - cpu)
+    # What batching shares, counted rather than timed: the decoding steps (forward passes of the model).
+    _, sequential_passes = count_forward_passes(vlm, lambda: [generate(vlm, c, max_new_tokens=max_new_tokens)
+                                                              for c in conversations])
+    _, batch_passes = count_forward_passes(vlm, lambda: generate_batch(vlm, conversations, max_new_tokens=max_new_tokens))
     tokens = sum(r.usage.completion_tokens for r in singles)
     seq_s, batch_s = statistics.median(sequential), statistics.median(batched)
     preprocess_s = _median_seconds(lambda: prepare(vlm, conversations), repeats)
@@ -106,6 +125,8 @@ def measure_batching(vlm, n: int = 16, max_new_tokens: int = 48, repeats: int = 
         "cpu_seconds_ratio": statistics.median(sequential_cpu) / statistics.median(batched_cpu),  # CPU time, all threads
         "same_replies": [a.text for a in singles] == [b.text for b in batch],
         "longest_reply_tokens": max(r.usage.completion_tokens for r in batch),  # the batch decodes until this one ends
+        "sequential_forward_passes": sequential_passes,
+        "batch_forward_passes": batch_passes,
         "preprocess_seconds": preprocess_s,
         "vision_seconds": vision_s,
         "per_image_share": (preprocess_s + vision_s) / batch_s,
