@@ -60,6 +60,12 @@ def cmd_eval(args) -> int:
     from .shapes.evaluate import BARS, PERTURBED_BAR, SINGLE_IMAGE_FAMILIES, evaluate, format_scores
 
     vlm = load_vlm(args.model, device=args.device)
+    from .caption import is_blip2
+
+    if is_blip2(vlm):  # captions and "Question: ... Answer:" prompts: its own families and table
+        from .tiny_blip2.evaluate import cli_eval
+
+        return cli_eval(vlm, args)
     families = args.families.split(",") if args.families else None
     scores = evaluate(vlm, families, n=args.n, seed=args.seed, batch_size=args.batch_size)
     print(f"Exact match on {args.n} held-out questions per family ({vlm.name}):")
@@ -92,12 +98,16 @@ def cmd_eval(args) -> int:
 
 def cmd_train_tiny(args) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shares the CPU gracefully with other work
+    if args.model == "blip2":
+        from .tiny_blip2.train import cli_train
+
+        return cli_train(args)
     from .tiny.train import TrainConfig, train_tiny
 
     given = {name: getattr(args, name) for name in ("vision_steps", "steps", "polish_steps", "batch_size", "seed",
                                                     "threads", "workers")}
     cfg = TrainConfig(**{name: value for name, value in given.items() if value is not None})  # else the recipe's
-    out = train_tiny(args.out, cfg)
+    out = train_tiny(args.out or "runs/tiny", cfg)
     print(f"saved the trained model and its loss curve to {out}")
     print(f"evaluate it with: vlm-course eval --model {out}")
     return 0
@@ -153,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--strict", action="store_true", help="exit 1 if a bar is not met")
     sp.set_defaults(func=cmd_eval)
 
-    sp = sub.add_parser("train-tiny", help="train the tiny Idefics2 from scratch (CPU, tens of minutes)")
-    sp.add_argument("--out", default="runs/tiny")
+    sp = sub.add_parser("train-tiny", help="train the tiny Idefics2 (or BLIP-2) from scratch (CPU, tens of minutes)")
+    sp.add_argument("--model", choices=("idefics2", "blip2"), default="idefics2", help="which tiny model to train")
+    sp.add_argument("--out", default=None, help="output directory (default: runs/tiny or runs/tiny-blip2)")
     # defaults (None) leave the shipped recipe's value: vlm_course/tiny/train.py, TrainConfig
     sp.add_argument("--vision-steps", type=int, help="steps of the vision tower's pretraining (stage 0)")
     sp.add_argument("--steps", type=int, help="steps of the main stage")

@@ -19,6 +19,9 @@ from typing import Any
 from .errors import BackendError, ModelNotFoundError, missing_extra
 
 TINY_MODEL_DIR = Path(__file__).parent / "tiny" / "model"
+TINY_BLIP2_DIR = Path(__file__).parent / "tiny_blip2" / "model"
+# Names of the bundled models: load_vlm("tiny-blip2") and load_vlm("tiny-idefics2") need no path.
+TINY_MODELS = {"tiny-idefics2": TINY_MODEL_DIR, "tiny-blip2": TINY_BLIP2_DIR}
 MODEL_ENV = "VLM_COURSE_MODEL"
 IDEFICS2_8B = "HuggingFaceM4/idefics2-8b"
 ATTENTION_BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
@@ -243,6 +246,7 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
 
     start = time.perf_counter()
     model_id = str(model_id or default_model_id())
+    model_id = str(TINY_MODELS.get(model_id, model_id))
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     attn_impl, attn_reason = _attention_and_reason(attn, dev, torch_dtype)
@@ -283,7 +287,8 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
     if "device_map" not in kwargs:
         model.to(dev)
     model.eval()
-    return VLM(model, processor, name=model_id if not model_id.startswith(str(TINY_MODEL_DIR)) else "tiny-idefics2",
+    name = next((tiny for tiny, path in TINY_MODELS.items() if model_id.startswith(str(path))), model_id)
+    return VLM(model, processor, name=name,
                device=dev, dtype=torch_dtype, attn=attn_impl, quant=quant,
                load_seconds=time.perf_counter() - start, notes=tuple(notes))
 
