@@ -23,9 +23,11 @@ import torch
 from .errors import BackendError, ModelNotFoundError
 
 DATA_DIR = Path(__file__).parent / "data"
-REFERENCE_CONFIGS = {"idefics2-8b": DATA_DIR / "idefics2-8b-config.json"}
+REFERENCE_CONFIGS = {"idefics2-8b": DATA_DIR / "idefics2-8b-config.json",
+                     "blip2-opt-2.7b": DATA_DIR / "blip2-opt-2.7b-config.json"}
 # Hub ids whose published configuration ships with the package, so estimates need no download.
-HUB_REFERENCE_CONFIGS = {"HuggingFaceM4/idefics2-8b": REFERENCE_CONFIGS["idefics2-8b"]}
+HUB_REFERENCE_CONFIGS = {"HuggingFaceM4/idefics2-8b": REFERENCE_CONFIGS["idefics2-8b"],
+                         "Salesforce/blip2-opt-2.7b": REFERENCE_CONFIGS["blip2-opt-2.7b"]}
 
 # What estimate() accepts besides the method names of models.QUANT_METHODS.
 QUANT_ALIASES = {"int8": "bnb-8bit", "nf4": "bnb-4bit", "4bit": "bnb-4bit"}
