@@ -11,8 +11,10 @@ one at a time.
     caption(vlm, [img1, img2])                                  # ["a red circle.", "a blue square ..."]
     caption(vlm, img1, blip2_prompt("What colour is the circle?"))  # ["red."]
 
-What BLIP-2 cannot do (several images in one turn, a multi-turn chat, text without an image) is a
-`MessagesError` saying so: `blip2_inputs(messages)` is the check, used by the servers too.
+`chat.generate`, `chat.stream` and the OpenAI-compatible server take a BLIP-2 too, for what it can
+answer: one user turn with one image and an optional prompt (`blip2_model_inputs` is what
+`chat.prepare` hands it). What BLIP-2 cannot do (several images in one turn, a multi-turn chat, text
+without an image, a system prompt) is a `MessagesError` saying so: `blip2_inputs(messages)` is the check.
 """
 
 from __future__ import annotations
@@ -100,10 +102,7 @@ def blip2_generate(model, processor, images: Sequence, prompts: Sequence[str | N
     limits = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(images)
     if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in limits):
         raise GenerationError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
-    inputs = processor(images=list(images), text=[p or "" for p in prompts], padding=True, padding_side="left",
-                       return_tensors="pt")
-    dtype = next(model.parameters()).dtype
-    inputs = {k: v.to(model.device, dtype) if k == "pixel_values" else v.to(model.device) for k, v in inputs.items()}
+    inputs = _processed(model, processor, list(images), list(prompts), "left")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max(limits), do_sample=False)
     eos = model.generation_config.eos_token_id
@@ -117,6 +116,27 @@ def blip2_generate(model, processor, images: Sequence, prompts: Sequence[str | N
         reason = "stop" if end is not None or len(new) < limit else "length"
         results.append(Caption(text, int(inputs["attention_mask"][row].sum()), len(new), reason))
     return results if details else [r.text for r in results]
+
+
+def _processed(model, processor, images: list, prompts: list, padding_side: str):
+    """Model inputs of a BLIP-2 batch on the model's device, pixel values in the model's dtype."""
+    inputs = processor(images=images, text=[p or "" for p in prompts], padding=True, padding_side=padding_side,
+                       return_tensors="pt")
+    dtype = next(model.parameters()).dtype
+    return {k: v.to(model.device, dtype) if k == "pixel_values" else v.to(model.device) for k, v in inputs.items()}
+
+
+def blip2_model_inputs(model, processor, conversations: Sequence[list[dict]], padding_side: str = "left"):
+    """What `chat.prepare` gives a BLIP-2: each conversation must be one user turn with one image and an
+    optional prompt (`blip2_inputs` says why otherwise), so chat.generate, chat.stream and the server's
+    batches work as for Idefics2."""
+    from transformers import BatchFeature
+
+    from .images import load_image
+
+    pairs = [blip2_inputs(c) for c in conversations]
+    images = [load_image(image) for image, _ in pairs]
+    return BatchFeature(_processed(model, processor, images, [prompt for _, prompt in pairs], padding_side))
 
 
 def blip2_inputs(messages: list[dict]) -> tuple[Any, str | None]:

@@ -89,9 +89,10 @@ def prepare(vlm, conversations: Sequence[list[dict]], padding_side: str = "left"
 
     `processor` replaces vlm.processor (e.g. one with image splitting switched on)."""
     processor = processor or vlm.processor
-    if getattr(vlm.model.config, "model_type", None) == "blip-2":  # no chat template: it would fail deep inside
-        raise MessagesError("BLIP-2 is an image-to-text model with no chat template: use vlm_course.caption.caption("
-                            "vlm, images, prompt) (prompts like 'Question: what colour is the circle? Answer:').")
+    if getattr(vlm.model.config, "model_type", None) == "blip-2":  # no chat template: one image and a prompt
+        from .caption import blip2_model_inputs
+
+        return blip2_model_inputs(vlm.model, processor, conversations, padding_side)
     conversations = [validate(c) for c in conversations]
     texts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
     images = [[load_image(src) for src in image_sources(c)] for c in conversations]

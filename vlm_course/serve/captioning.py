@@ -15,8 +15,8 @@ batch they land in. Any model `caption()` takes can be served (BLIP-2 or Idefics
 cannot do (several images in one BLIP-2 turn, a second turn, no image) is a 400 saying so.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Ray ships the deployment class to the replica by value, and
+# FastAPI must see the request models themselves, not their names, to read the bodies.
 import asyncio
 import os
 import time
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat import MAX_NEW_TOKENS_LIMIT
 from ..errors import VLMCourseError, missing_extra
+from .schemas import ChatCompletionRequest
 
 APP_NAME = "vlm-course-captioning"
 
@@ -90,8 +91,6 @@ def build_captioning_app(config: CaptioningConfig):
         from fastapi.exceptions import RequestValidationError
     except ImportError:
         raise missing_extra("fastapi", "serve") from None
-    from .schemas import ChatCompletionRequest
-
     api = FastAPI(title="vlm-course captioning", description="Batched image-to-text on Ray Serve.")
 
     @api.exception_handler(_BadRequest)
@@ -194,7 +193,7 @@ def build_captioning_app(config: CaptioningConfig):
             if body.stream:
                 raise _BadRequest("This captioning deployment does not stream; send stream=false (captions are a "
                                   "few tokens).", "unsupported", "stream")
-            if "temperature" in body.model_fields_set and body.temperature > 0:
+            if (body.temperature or 0) > 0:
                 raise _BadRequest("This captioning deployment decodes greedily; send temperature=0 or leave it out.",
                                   "unsupported", "temperature")
             conversation = []
@@ -222,11 +221,10 @@ def build_captioning_app(config: CaptioningConfig):
 def start_captioning(config: CaptioningConfig, host: str = "127.0.0.1", port: int = 8000,
                      num_cpus: Optional[int] = None) -> str:
     """Start (or join) Ray, deploy the captioning app, wait until it is healthy, and return its base URL."""
-    import ray
+    from .ray_app import init_ray
 
     serve = _serve()
-    if not ray.is_initialized():  # set RAY_ADDRESS to join an existing cluster instead
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    init_ray(num_cpus)  # set RAY_ADDRESS to join an existing cluster instead
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_captioning_app(config), name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}"

@@ -101,9 +101,17 @@ def build_app(config: RayServeConfig):
 
 def start_ray(config: RayServeConfig, host: str = "127.0.0.1", port: int = 8000, num_cpus: Optional[int] = None) -> str:
     """Start (or join) Ray, deploy the app, wait until it answers, and return its base URL."""
+    serve = _serve()
+    init_ray(num_cpus)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/")  # returns once replicas are healthy
+    return f"http://{host}:{port}"
+
+
+def init_ray(num_cpus: Optional[int] = None) -> None:
+    """Connect to Ray, starting a local instance for this process unless one runs (or RAY_ADDRESS names one)."""
     import ray
 
-    serve = _serve()
     for attempt in (1, 2):
         if ray.is_initialized():
             break
@@ -116,9 +124,6 @@ def start_ray(config: RayServeConfig, host: str = "127.0.0.1", port: int = 8000,
                 raise BackendError(f"Ray could not start a local instance: {e} On a busy machine Ray's helper "
                                    "processes can miss their startup deadline; try again when the CPUs are "
                                    "less loaded, or start Ray yourself (ray start --head) and set RAY_ADDRESS.") from e
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/")  # returns once replicas are healthy
-    return f"http://{host}:{port}"
 
 
 def stop_ray() -> None:

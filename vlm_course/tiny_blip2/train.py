@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,9 @@ from ..tiny.vision_pretrain import CELL_CLASSES, COLOUR_CLASSES, SHAPE_CLASSES, 
 from ..shapes.world import Scene, draw_scene, random_scene
 from .build import ARCHITECTURE, build_config, build_model, build_processor, tokenizer_corpus, train_tokenizer
 from .tasks import TASKS, make_task
+
+# Stage 1 learns captions, counts and existence first; binding a place to a named object comes last.
+POLISH_WEIGHTS = {"caption": 1.5, "attribute": 2.0, "count": 1.0, "exists": 1.0, "position": 3.0}
 
 
 @dataclass
@@ -42,7 +46,10 @@ class TrainConfig:
     threads: int = 1  # the matrices are too small for a second thread to help...
     workers: int = 1  # ...so the other core draws and renders the batches in a DataLoader worker
     task_weights: dict = field(default_factory=lambda: dict(TASKS))
-    freeze_vision: bool = False  # after stage 0, as BLIP-2 freezes its image encoder (and saves its backward pass)
+    freeze_vision: bool = True  # after stage 0, as BLIP-2 freezes its image encoder (and saves its backward pass)
+    polish_steps: int = 4_000  # stage 2: a fresh optimizer, a lower peak, more of what stage 1 leaves least sure
+    polish_lr: float = 5e-4
+    polish_weights: dict = field(default_factory=lambda: dict(POLISH_WEIGHTS))
     checkpoint_every: int = 1_000
     probe: int = 32  # held-out samples a family scored at every checkpoint (0: none)
     architecture: dict = field(default_factory=lambda: ARCHITECTURE)
@@ -57,6 +64,15 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
         return cfg.lr
     progress = (step - start) / max(1, cfg.steps - start)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def polish_rate(step: int, cfg: TrainConfig) -> float:
+    """Stage 2: a short warm-up to polish_lr, then cosine down to min_lr."""
+    warmup = 50
+    if step < warmup:
+        return cfg.polish_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.polish_steps - warmup)
+    return cfg.min_lr + 0.5 * (cfg.polish_lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def make_batch(processor, tasks) -> dict:
@@ -79,21 +95,21 @@ def make_batch(processor, tasks) -> dict:
 class TaskBatches(torch.utils.data.IterableDataset):
     """An endless, seeded stream of training batches; run in a DataLoader worker it overlaps with training."""
 
-    def __init__(self, processor, seed: int, cfg: TrainConfig):
-        self.processor, self.seed, self.cfg = processor, seed, cfg
+    def __init__(self, processor, seed: int, cfg: TrainConfig, weights: dict):
+        self.processor, self.seed, self.cfg, self.weights = processor, seed, cfg, weights
 
     def __iter__(self):
         torch.set_num_threads(1)
         worker = torch.utils.data.get_worker_info()
         rng = random.Random(self.seed + (worker.id * 7_919 if worker else 0))
-        families, weights = zip(*self.cfg.task_weights.items())
+        families, weights = zip(*self.weights.items())
         while True:
             tasks = [make_task(rng.choices(families, weights)[0], rng, render_training) for _ in range(self.cfg.batch_size)]
             yield make_batch(self.processor, tasks)
 
 
-def batch_stream(processor, seed: int, cfg: TrainConfig):
-    data = TaskBatches(processor, seed, cfg)
+def batch_stream(processor, seed: int, cfg: TrainConfig, weights: dict):
+    data = TaskBatches(processor, seed, cfg, weights)
     if cfg.workers == 0:
         return iter(data)
     return iter(torch.utils.data.DataLoader(data, batch_size=None, num_workers=cfg.workers, prefetch_factor=4))
@@ -141,7 +157,7 @@ def pretrain_vision(model, processor, steps: int, batch_size: int = 64, lr: floa
     batches = iter(torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4)
                    if workers else data)
     tower.train()
-    start, accuracy = time.time(), dict.fromkeys(classes, 0.0)
+    start, cpu_start, accuracy = time.time(), time.process_time(), dict.fromkeys(classes, 0.0)
     bar = tqdm(range(steps), desc="pretraining the BLIP-2 vision tower (stage 0)", disable=not progress, mininterval=2)
     for step in bar:
         for group in optimizer.param_groups:  # warm up, then cosine down to a tenth
@@ -162,6 +178,7 @@ def pretrain_vision(model, processor, steps: int, batch_size: int = 64, lr: floa
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", **{kind: f"{a:.2f}" for kind, a in accuracy.items()})
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "seconds": round(time.time() - start, 1),
+            "cpu_seconds": round(time.process_time() - cpu_start, 1),
             "final_loss": round(loss.item(), 4), **{f"patch_{kind}_accuracy": round(a, 3) for kind, a in accuracy.items()}}
 
 
@@ -198,26 +215,37 @@ def train_tiny_blip2(out_dir: str | Path, cfg: TrainConfig | None = None, progre
         extra["vision_pretraining"] = pretrain_vision(model, processor, cfg.vision_steps, lr=cfg.vision_lr,
                                                       seed=cfg.seed, workers=cfg.workers, progress=progress)
     seconds = extra.get("vision_pretraining", {}).get("seconds", 0.0)  # the clock counts stage 0
-    train_stage1(model, processor, cfg, out, extra, seconds_before=seconds, progress=progress)
+    train_stage(model, processor, cfg, out, 1, extra, seconds_before=seconds, progress=progress)
+    if cfg.polish_steps:
+        shutil.copytree(out, out / "stage1", ignore=shutil.ignore_patterns("stage1"), dirs_exist_ok=True)
+        train_stage(model, processor, cfg, out, 2, extra, progress=progress)
     return out
 
 
-def train_stage1(model, processor, cfg: TrainConfig, out: Path, extra: dict | None = None, seconds_before: float = 0.0,
-                 progress: bool = True) -> None:
-    """The whole model (the vision tower too unless cfg.freeze_vision) on captions and prompted questions."""
-    extra = extra or {}
+def train_stage(model, processor, cfg: TrainConfig, out: Path, stage: int, extra: dict | None = None,
+                seconds_before: float | None = None, progress: bool = True) -> None:
+    """Stage 1 (cfg.steps) or 2 (cfg.polish_steps) on captions and prompted questions; the vision tower
+    trains too unless cfg.freeze_vision. Stage 2 continues the log that stage 1 left in `extra`."""
+    extra = extra if extra is not None else {}
     torch.set_num_threads(cfg.threads)
-    batches = batch_stream(processor, cfg.seed + 1_000_003, cfg)  # evaluation draws from other seeds
+    steps, rate, weights = ((cfg.steps, learning_rate, cfg.task_weights) if stage == 1 else
+                            (cfg.polish_steps, polish_rate, cfg.polish_weights))
+    first = 0 if stage == 1 else cfg.steps  # global step numbers continue across stages
+    # evaluation draws from other seeds; each stage its own stream
+    batches = batch_stream(processor, cfg.seed + stage * 1_000_003, cfg, weights)
     model.train()
     model.vision_model.requires_grad_(not cfg.freeze_vision)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    history, probes, smoothed = [], [], None
-    start = time.time() - seconds_before
-    bar = tqdm(range(cfg.steps), desc="training tiny BLIP-2", disable=not progress, mininterval=2)
+    history, probes, smoothed = extra.setdefault("history", []), extra.setdefault("probes", []), None
+    if seconds_before is None:  # continue the clocks of the stages before
+        seconds_before = extra.get("seconds", 0.0)
+    cpu_before = extra.get("cpu_seconds", extra.get("vision_pretraining", {}).get("cpu_seconds", 0.0))
+    start, cpu_start = time.time() - seconds_before, time.process_time() - cpu_before
+    bar = tqdm(range(steps), desc=f"training tiny BLIP-2 (stage {stage})", disable=not progress, mininterval=2)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
+            group["lr"] = rate(step, cfg)
         loss = model(**next(batches)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -225,33 +253,36 @@ def train_stage1(model, processor, cfg: TrainConfig, out: Path, extra: dict | No
         optimizer.step()
         smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
         if step % 10 == 0:
-            history.append({"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)})
+            history.append({"step": first + step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)})
             bar.set_postfix(loss=f"{smoothed:.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
             if cfg.probe:
-                probe_start = time.time()
-                probes.append({"step": step + 1, **probe(model, processor, cfg.probe)})
+                probe_start, probe_cpu = time.time(), time.process_time()
+                probes.append({"step": first + step + 1, **probe(model, processor, cfg.probe)})
                 start += time.time() - probe_start  # the probes are not training
+                cpu_start += time.process_time() - probe_cpu
                 bar.write(f"step {step + 1}: {probes[-1]}")
-            _save(model, processor, out, cfg, history, probes, step + 1, time.time() - start, extra)
+            extra["cpu_seconds"] = round(time.process_time() - cpu_start, 1)  # this process's; the data worker's apart
+            extra["seconds"] = round(time.time() - start, 1)
+            _save(model, processor, out, cfg, first + step + 1, extra)
     model.requires_grad_(True)
     model.eval()
 
 
-def _save(model, processor, out: Path, cfg: TrainConfig, history: list[dict], probes: list[dict], steps_done: int,
-          seconds: float, extra: dict) -> None:
+def _save(model, processor, out: Path, cfg: TrainConfig, steps_done: int, extra: dict) -> None:
     from .card import parameter_counts
 
     processor.tokenizer.padding_side = "left"  # generation pads on the left
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    record = {**extra, "config": asdict(cfg), "steps_done": steps_done, "seconds": round(seconds, 1),
-              "parameters": parameter_counts(model), "probes": probes, "history": history}
+    record = {**{k: v for k, v in extra.items() if k not in ("history", "probes")}, "config": asdict(cfg),
+              "steps_done": steps_done, "parameters": parameter_counts(model), "probes": extra["probes"],
+              "history": extra["history"]}
     (out / "training.json").write_text(json.dumps(record))
-    plot_loss(history, out / "loss_curve.png")
+    plot_loss(record["history"], out / "loss_curve.png", polish_from=cfg.steps if steps_done > cfg.steps else None)
 
 
-def plot_loss(history: list[dict], path: Path) -> None:
+def plot_loss(history: list[dict], path: Path, polish_from: int | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,6 +290,9 @@ def plot_loss(history: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=0.8)
+    if polish_from is not None:
+        ax.axvline(polish_from, color="grey", ls="--", lw=0.8, label="stage 2 (polish)")
+        ax.legend()
     ax.set(xlabel="step", ylabel="training loss (answers only)", yscale="log",
            title="Training the tiny BLIP-2 on the shapes world")
     ax.grid(alpha=0.3)
@@ -269,12 +303,8 @@ def plot_loss(history: list[dict], path: Path) -> None:
 
 def cli_train(args) -> int:
     """`vlm-course train-tiny --model blip2`: the shipped recipe unless an option overrides it."""
-    if getattr(args, "polish_steps", None) is not None:
-        from ..errors import VLMCourseError
-
-        raise VLMCourseError("--polish-steps is for the tiny Idefics2; the tiny BLIP-2's recipe has one stage after "
-                             "the vision pretraining. Drop the option, or use --steps.")
-    given = {name: getattr(args, name, None) for name in ("vision_steps", "steps", "batch_size", "seed", "threads", "workers")}
+    given = {name: getattr(args, name, None) for name in ("vision_steps", "steps", "polish_steps", "batch_size", "seed",
+                                                           "threads", "workers")}
     cfg = TrainConfig(**{name: value for name, value in given.items() if value is not None})
     out = train_tiny_blip2(args.out or "runs/tiny-blip2", cfg)
     print(f"saved the trained model and its loss curve to {out}")
