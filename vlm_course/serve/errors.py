@@ -51,18 +51,29 @@ def from_course_error(e: BaseException, status: int = 400) -> APIError:
     return APIError(status, str(e), code, param=getattr(e, "param", None))
 
 
+_TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none", "function-after", "function-before"}
+
+
+def _where(err: dict) -> str:
+    """A readable location: pydantic's union branches ('str', 'list[tagged-union[...]]') left out."""
+    parts = [str(x) for x in err.get("loc", ()) if x != "body"
+             and not (isinstance(x, str) and (x in _TYPE_NAMES or "[" in x))]
+    return ".".join(parts)
+
+
 def validation_error(errors: list[dict]) -> APIError:
-    """pydantic's errors -> one 400 naming the first bad parameter."""
-    first = errors[0] if errors else {}
-    where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or None
+    """pydantic's errors -> one 400 naming the bad parameter (the deepest error: for `content`, a string or a
+    list of parts, the list's error says more than 'not a string')."""
+    errors = sorted(errors, key=lambda err: -len(_where(err).split(".")))
 
     def one(err: dict) -> str:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+        loc = _where(err) or "body"
         if err.get("type") == "extra_forbidden":
             return f"{loc}: this server does not know the parameter {loc.rsplit('.', 1)[-1]!r} (it ignores nothing silently)"
         return f"{loc}: {err.get('msg')}"
 
-    return APIError(400, "; ".join(one(err) for err in errors[:5]), "invalid_request", param=where)
+    where = _where(errors[0]) if errors else None
+    return APIError(400, "; ".join(one(err) for err in errors[:5]), "invalid_request", param=where or None)
 
 
 def install_handlers(app) -> None:
