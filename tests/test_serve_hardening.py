@@ -364,3 +364,51 @@ def test_slow_image_host_gets_a_bounded_answer(vlm):
     finally:
         stop.set()
         listener.close()
+
+
+def test_a_cancelled_prefill_stops_before_the_language_model(vlm):
+    """The client leaves while its prompt is being read: the decoder layers' check ends the forward pass
+    before any of them runs, and no token is ever computed (lm_head never runs)."""
+    from vlm_course.serve.batching import Batcher, Job
+
+    events, done = [], threading.Event()
+
+    def emit(event):
+        events.append(event)
+        if event[0] in ("done", "error"):
+            done.set()
+
+    job = Job(describe(1), emit, max_new_tokens=50, stream=False)
+    calls = {"decoder": 0, "lm_head": 0}
+    hooks = [vlm.model.model.vision_model.register_forward_hook(lambda *a: job.cancel.set()),  # mid-prefill
+             vlm.model.model.text_model.layers[0].register_forward_hook(lambda *a: calls.__setitem__("decoder", 1)),
+             vlm.model.lm_head.register_forward_hook(lambda *a: calls.__setitem__("lm_head", 1))]
+    batcher = Batcher(vlm, max_batch_size=1, max_wait_ms=0)
+    try:
+        batcher.submit(job)
+        assert done.wait(60)
+    finally:
+        batcher.close()
+        for hook in hooks:
+            hook.remove()
+    kind, result = events[-1][:2]
+    assert kind == "done" and result.finish_reason == "cancelled" and result.usage.completion_tokens == 0
+    assert calls == {"decoder": 0, "lm_head": 0}
+    assert batcher.stats["cancelled"] == 1
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(text=st.text(max_size=60), image_source=st.text(max_size=60).filter(
+    lambda t: not t.strip().lower().startswith(("http://", "https://"))))  # the library may fetch those
+def test_property_python_api_raises_only_course_errors(vlm, text, image_source):
+    from vlm_course.errors import VLMCourseError
+    from vlm_course.images import load_image
+
+    try:
+        chat.prepare(vlm, [[chat.user(text or "x")]])
+    except VLMCourseError:
+        pass
+    try:
+        load_image(image_source)
+    except VLMCourseError:
+        pass

@@ -421,10 +421,16 @@ class Batcher:
         return [layer.register_forward_pre_hook(check) for layer in layers]
 
     def _layers(self) -> list:
+        """The language model's decoder layers (the prefill's cost), else the longest stack of layers."""
         if self._decoder_layers is None:
             found: list = []
-            for name, module in self.vlm.model.named_modules():
-                if isinstance(module, torch.nn.ModuleList) and name.endswith("layers") and len(module) > len(found):
-                    found = list(module)  # the longest stack of layers: the language model's
+            try:
+                found = list(getattr(self.vlm.model.get_decoder(), "layers", None) or [])
+            except (AttributeError, NotImplementedError, TypeError, ValueError):
+                pass
+            if not found:
+                for name, module in self.vlm.model.named_modules():
+                    if isinstance(module, torch.nn.ModuleList) and name.endswith("layers") and len(module) > len(found):
+                        found = list(module)
             self._decoder_layers = found
         return self._decoder_layers
