@@ -285,3 +285,23 @@ def test_load_image_uses_the_same_fetcher(trickler):
         load_image(trickler, timeout=0.8)  # the library's default allows loopback (a learner's own machine)
     with pytest.raises(ImageError, match="non-public"):
         load_image(trickler, timeout=0.8, allow_private_urls=False)
+
+
+def test_https_to_a_plain_http_server_is_a_clear_tls_error(site):
+    _, port = site
+    with pytest.raises(FetchError, match="TLS failed"):
+        get(f"https://127.0.0.1:{port}/ok", allow_private=True)
+    assert CONNECTED == ["127.0.0.1"]
+
+
+def test_https_handshake_meets_the_deadline():
+    """A host that accepts the connection and never answers the TLS hello: the fetch ends at the deadline."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # the kernel accepts the connection; nobody ever reads or writes
+    try:
+        with pytest.raises(FetchError) as info:
+            get(f"https://127.0.0.1:{listener.getsockname()[1]}/x.png", timeout=1.0, allow_private=True)
+        assert info.value.code == "timeout"
+    finally:
+        listener.close()
