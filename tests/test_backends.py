@@ -62,8 +62,8 @@ def test_quanto_int4_fails_under_inference_mode_but_the_package_generates():
     with pytest.raises(RuntimeError, match="version_counter|inference"):
         with torch.inference_mode():
             q.model.generate(**inputs, max_new_tokens=2, do_sample=False)
-    reply = generate(q, [user(random_scene(0).draw(), "What do we see in this image?")], max_new_tokens=8)
-    assert reply.usage.completion_tokens >= 1
+    reply = generate(q, [user(random_scene(0).draw(), "What do we see in this image?")], max_new_tokens=12)
+    assert reply.text == random_scene(0).describe() and reply.finish_reason == "stop"  # 4-bit still sees the scene
 
 
 def test_saving_a_quanto_model_says_what_to_do_instead(tmp_path):

@@ -71,6 +71,9 @@ def test_length_stop_and_options(vlm):
 @pytest.mark.parametrize("options, needle", [
     ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": 2.5}, "max_new_tokens"),
     ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"stop": [""]}, "stop"),
+    ({"max_new_tokens": 4097}, "from 1 to 4096"), ({"max_new_tokens": True}, "max_new_tokens"),
+    ({"temperature": 10.5}, "from 0 \\(greedy\\) to 10"), ({"temperature": "hot"}, "temperature"),
+    ({"top_p": 1.01}, "top_p must be a number in"), ({"top_p": "all"}, "top_p"),
 ])
 def test_bad_options_are_explained(vlm, options, needle):
     with pytest.raises(GenerationError, match=needle):
@@ -153,3 +156,35 @@ def test_a_near_zero_temperature_is_greedy_not_an_overflow(vlm):
 
     messages = [user(random_scene(3).draw(), "What do we see in this image?")]
     assert generate(vlm, messages, temperature=2e-311).text == generate(vlm, messages).text
+
+
+def _failing_model(vlm):
+    """A real failure inside the model's forward pass (as out-of-memory would be), injected with a hook."""
+    def fail(module, args, output):
+        raise RuntimeError("CUDA out of memory (injected by the test)")
+    return vlm.model.register_forward_hook(fail)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_model_failure_is_a_generation_error_with_its_cause(vlm, batched):
+    conversation = [user(random_scene(2).draw(), "What do we see in this image?")]
+    hook = _failing_model(vlm)
+    try:
+        with pytest.raises(GenerationError, match="Generation failed: RuntimeError: CUDA out of memory") as info:
+            if batched:
+                generate_batch(vlm, [conversation, conversation])
+            else:
+                generate(vlm, conversation)
+    finally:
+        hook.remove()
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert generate(vlm, conversation).text == random_scene(2).describe()  # and the model works again
+
+
+def test_inputs_the_processor_refuses_are_a_generation_error(vlm):
+    import copy
+
+    broken = copy.deepcopy(vlm.processor)
+    broken.image_processor.size = {"longest_edge": 0, "shortest_edge": 0}  # a processor that cannot resize
+    with pytest.raises(GenerationError, match=r"The processor refused these inputs \(image sizes: 128x128\)"):
+        prepare(vlm, [[user(random_scene(2).draw(), "What do we see in this image?")]], processor=broken)

@@ -56,8 +56,13 @@ def test_config_like_aana():
     settings = config.server_settings()
     assert (settings.model, settings.dtype, settings.attn, settings.quant, settings.max_batch_size) == \
         ("some/model", "bfloat16", "sdpa", "bnb-4bit", 16)
-    deployment = build_app(config)  # building the application loads nothing
-    assert deployment is not None
+    from ray import serve
+
+    app = build_app(config)  # building the application loads nothing
+    assert isinstance(app, serve.Application)
+    deployment = app._bound_deployment  # what serve.run would deploy: the config's replicas and resources
+    assert (deployment.name, deployment.num_replicas, deployment.max_ongoing_requests) == ("VLMCourseServer", 2, 32)
+    assert deployment.ray_actor_options["num_gpus"] == 1
     with pytest.raises(ValueError):
         RayServeConfig(max_batch_size=0)
 
@@ -90,4 +95,7 @@ def test_ray_serve_batches_concurrent_requests(ray_url, expected):
     import httpx
 
     health = httpx.get(ray_url + "/health", timeout=30).json()
-    assert health["status"] == "ok" and health["batcher"]["rows"] >= len(seeds) + 2
+    stats = health["batcher"]
+    assert health["status"] == "ok" and stats["rows"] >= len(seeds) + 2
+    # Batched: while the replica works on one batch the other requests queue, so some batch held several rows.
+    assert stats["largest_batch"] >= 2 and stats["batches"] < stats["rows"], stats

@@ -86,7 +86,25 @@ def test_answers_are_right_for_the_scene():
         assert sample.answer == ["none.", "one.", "two.", "three."][n]
 
 
-def test_evaluation_sets_are_fixed_and_unlike_training():
+def _training_samples(monkeypatch, processor, batches: int = 2):
+    """Samples of the trainer's own stream (stage 1, the shipped seed), recorded as its code draws them."""
+    from vlm_course.tiny import train
+
+    drawn = []
+
+    def record(*args, **kwargs):
+        drawn.append(make_sample(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(train, "make_sample", record)
+    cfg = train.TrainConfig(batch_size=16, group=4, workers=0)
+    stream = iter(train.ShapesBatches(processor, cfg.seed + 1_000_003, cfg))
+    for _ in range(batches):
+        next(stream)
+    return drawn
+
+
+def test_evaluation_sets_are_fixed_and_unlike_training(monkeypatch, vlm):
     a = eval_samples("describe", 20)
     b = eval_samples("describe", 20)
     assert [s.answer for s in a] == [s.answer for s in b]
@@ -94,6 +112,38 @@ def test_evaluation_sets_are_fixed_and_unlike_training():
     unknown = eval_samples("unknown", 30)
     assert all(s.answer == "I only know about shapes." for s in unknown)
     assert normalise("  a red  circle. ") == "a red circle."
+    # Held out: no scene of the evaluation is a scene the trainer draws, and the out-of-world questions use
+    # words the trainer never asks about.
+    training = _training_samples(monkeypatch, vlm.processor)
+    assert len(training) == 64
+    seen = {scene for s in training for scene in s.scenes}
+    evaluation = [scene for f in FAMILIES for s in eval_samples(f, 20) for scene in s.scenes]
+    assert len(evaluation) > 100 and not seen & set(evaluation)
+    from vlm_course.shapes.questions import render_training
+
+    rng = random.Random(0)  # out-of-world questions as training asks them (the stream above has few)
+    asked = {make_sample("unknown", rng, render_training).prompt[-1]["content"][-1]["text"] for _ in range(300)}
+    held_out = {s.prompt[-1]["content"][-1]["text"] for s in unknown}
+    assert len(asked) > 50 and not asked & held_out
+
+
+def test_perturbed_image_changes_the_drawing_but_not_the_scene():
+    from PIL import ImageChops
+
+    from vlm_course.shapes.world import perturbed_image
+
+    scene = random_scene(12)
+    clean = scene.draw(256)
+    a, b = perturbed_image(scene, random.Random(1)), perturbed_image(scene, random.Random(1))
+    assert a.size == (256, 256) and a.tobytes() == b.tobytes()  # seeded
+    assert a.getpixel((0, 0)) != (255, 255, 255)  # a tinted canvas
+    assert ImageChops.difference(a, clean).getbbox() is not None  # a different drawing...
+    assert perturbed_image(scene, random.Random(2)).tobytes() != a.tobytes()
+    # ...of the same objects: each still covers its own cell's centre region in its colour, roughly.
+    from vlm_course.shapes.world import COLOURS
+    for t in scene.things:
+        px = a.getpixel((int(t.x * 256), int(t.y * 256)))
+        assert sum(abs(p - q) for p, q in zip(px, COLOURS[t.colour])) < 90, (t, px)
 
 
 def test_unknown_family_raises_clearly():
