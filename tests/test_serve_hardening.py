@@ -412,3 +412,32 @@ def test_property_python_api_raises_only_course_errors(vlm, text, image_source):
         load_image(image_source)
     except VLMCourseError:
         pass
+
+
+def test_the_prefill_check_never_stops_another_threads_forward(vlm):
+    """The batcher's hooks live on the shared model while its generate runs: a chat.generate in another thread
+    at that moment (a notebook beside a background server) must not be stopped by them."""
+    from vlm_course.serve.batching import Batcher, Job
+
+    conversation = describe(2)
+    want = chat.generate(vlm, conversation, max_new_tokens=8).text
+    started, release, done = threading.Event(), threading.Event(), threading.Event()
+    job = Job(conversation, lambda e: done.set() if e[0] in ("done", "error") else None, max_new_tokens=5, stream=False)
+
+    def pause_in_the_workers_prefill(module, args):
+        if threading.current_thread().name == "vlm-course-batcher" and not started.is_set():
+            job.cancel.set()  # every row of the worker's batch is now cancelled, with its hooks in place
+            started.set()
+            release.wait(60)
+
+    hook = vlm.model.model.vision_model.register_forward_pre_hook(pause_in_the_workers_prefill)
+    batcher = Batcher(vlm, max_batch_size=1, max_wait_ms=0)
+    try:
+        batcher.submit(job)
+        assert started.wait(60)
+        assert chat.generate(vlm, conversation, max_new_tokens=8).text == want  # runs through the worker's hooks
+    finally:
+        release.set()
+        hook.remove()
+        assert done.wait(60)
+        batcher.close()

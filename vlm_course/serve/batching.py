@@ -413,9 +413,12 @@ class Batcher:
         """Hooks on the decoder layers that stop the forward pass once every row is cancelled: a long prefill
         (or one decoding step of a large model) need not run to its end for nobody."""
         layers = self._layers()
+        worker = threading.get_ident()
 
         def check(module, args):
-            if all(job.cancel.is_set() for job in group):
+            # Only this worker's forward pass: other threads may use the same model meanwhile (a notebook's
+            # chat.generate beside a server running in the background).
+            if threading.get_ident() == worker and all(job.cancel.is_set() for job in group):
                 raise _Cancelled()
 
         return [layer.register_forward_pre_hook(check) for layer in layers]
