@@ -115,3 +115,43 @@ def test_build_test_model_command(tmp_path, capsys):
     vlm = load_vlm(tmp_path / "m", device="cpu")
     assert vlm.processor.image_processor.do_image_splitting
     assert main(["build-test-model", "--like", "gpt-17", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_exercise_checkers_say_plainly_when_the_model_is_not_the_tiny_one(test_vlm, vlm, capsys):
+    from vlm_course.exercises.lesson00 import check_count
+    from vlm_course.exercises.lesson01 import check_conversation
+
+    messages = [user(random_scene(7).draw(), "What do we see in this image?")]
+    assert check_conversation(test_vlm, messages, seed=7) is True  # well formed; the answer is not compared
+    out = capsys.readouterr().out
+    assert "not the tiny one" in out and "320 of them image tokens" in out
+    assert check_conversation(test_vlm, [{"role": "user", "content": "What do we see in this image?"}], seed=7) is False
+    assert check_count(7, "nonsense", test_vlm) is True and "not the tiny one" in capsys.readouterr().out
+    assert check_count(7, "nonsense", vlm) is False  # the tiny model must get it right
+    assert check_count(7, "nonsense") is False
+
+
+def test_the_server_on_the_test_model(test_vlm):
+    """The OpenAI-compatible server answers like chat.generate, and turns a 1x1 image into a 4xx, not a 500."""
+    import base64
+    import io
+
+    import httpx
+
+    from vlm_course.serve import ServerSettings, start_in_background
+    from vlm_course.serve.openai_format import to_openai_messages
+
+    conversation = [user(random_scene(5).draw(), "What do we see in this image?")]
+    want = generate(test_vlm, conversation, max_new_tokens=16).text
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1), "red").save(buffer, format="PNG")
+    tiny_image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    with start_in_background(ServerSettings(max_batch_size=4, max_wait_ms=10), vlm=test_vlm) as server:
+        model = httpx.get(server.url + "/v1/models", timeout=30).json()["data"][0]["id"]
+        body = {"model": model, "messages": to_openai_messages(conversation), "temperature": 0, "max_tokens": 16}
+        r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == want
+        bad = {**body, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": tiny_image}},
+                                                                 {"type": "text", "text": "What?"}]}]}
+        r = httpx.post(server.url + "/v1/chat/completions", json=bad, timeout=60)
+        assert 400 <= r.status_code < 500 and "1x1" in r.text, r.text

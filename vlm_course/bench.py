@@ -382,8 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="hub id or directory (default: $VLM_COURSE_MODEL or the tiny model)")
     p.add_argument("--config", default=None, help="with --random-weights: 'tiny', 'idefics2-8b' or a config path")
     p.add_argument("--random-weights", action="store_true", help="build --config with random weights (no download)")
-    p.add_argument("--suite", default="quant", choices=["quant", "attention", "all", "chat"],
-                   help="chat: generate_batch vs sequential generate, and stream vs generate (lessons 02-03)")
+    p.add_argument("--suite", default="quant", choices=["quant", "attention", "all", "chat", "gpu"],
+                   help="chat: generate_batch vs sequential generate, and stream vs generate (lessons 02-03); "
+                        "gpu: idefics2-8b at real size with random weights (vlm_course/gpu_check.py)")
+    p.add_argument("--size", default="real", choices=["real", "small"],
+                   help="with --suite gpu: 'small' runs the same check on the small test model (any machine)")
     p.add_argument("--configs", default=None, help="comma-separated specs, e.g. fp32,bf16+sdpa,bnb-4bit (overrides --suite)")
     p.add_argument("--device", default=None)
     p.add_argument("--n", type=int, default=20, help="questions per family for answer quality (0: skip)")
@@ -418,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run_cli(args) -> int:
     if args.suite == "chat" and not args.configs:
         return _run_chat(args)
+    if args.suite == "gpu":
+        from .gpu_check import format_report, run_gpu_check
+
+        print(format_report(run_gpu_check(args.size, args.device, args.out)))
+        print(f"wrote {Path(args.out) / f'gpu-check-{args.size}.json'} and .md")
+        return 0
     configs = args.configs.split(",") if args.configs else suite(args.suite, args.device)
     name = args.name or (args.suite if not args.configs else "bench")
     options = dict(device=args.device, n=args.n, families=args.families.split(","), max_new_tokens=args.max_new_tokens,

@@ -158,12 +158,13 @@ def token_runs(vlm, ids) -> list[tuple[str, int]]:
     return runs
 
 
-def splitting_processor(vlm):
-    """A copy of the model's processor with image splitting on: each image becomes 4 crops + the original."""
+def splitting_processor(vlm, on: bool = True):
+    """A copy of the model's processor with image splitting on (each image becomes 4 crops + the original)
+    or, with on=False, off (one block an image), whatever the model's own processor does."""
     import copy
 
     processor = copy.deepcopy(vlm.processor)
-    processor.image_processor.do_image_splitting = True
+    processor.image_processor.do_image_splitting = on
     return processor
 
 

@@ -51,6 +51,11 @@ class VLM:
         return f"VLM({self.name!r}, device={self.device}, dtype={self.dtype}, attn={self.attn}{quant})"
 
 
+def is_tiny(vlm: VLM) -> bool:
+    """Is this the bundled tiny model? Only its answers about the shapes world can be checked word for word."""
+    return vlm.name == "tiny-idefics2"
+
+
 def default_model_id() -> str:
     """VLM_COURSE_MODEL if set, otherwise the bundled tiny model's directory."""
     return os.environ.get(MODEL_ENV) or str(TINY_MODEL_DIR)

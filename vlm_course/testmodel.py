@@ -27,14 +27,16 @@ LIKE = {"idefics2-8b": DATA_DIR / "idefics2-8b-config.json"}
 PROCESSORS = {"idefics2-8b": dict(do_image_splitting=True, size={"longest_edge": 980, "shortest_edge": 378},
                                   image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])}
 IMAGE_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]  # added last, as in idefics2-8b
-# Small widths and depths; every ratio the real config fixes (kv heads, latents, patch grid) is kept.
-SMALL = dict(vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
-             perceiver=dict(resampler_depth=1, resampler_head_dim=16, resampler_n_heads=4, num_key_value_heads=1),
-             text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+# Small widths and depths; every ratio the real config fixes (4 query heads a KV head, latents, patch grid)
+# is kept, and every Linear's output is a multiple of 32, as in the real model (bitsandbytes' CPU 4-bit
+# kernels need it).
+SMALL = dict(vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
+             perceiver=dict(resampler_depth=1, resampler_head_dim=32, resampler_n_heads=4, num_key_value_heads=1),
+             text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=1))
 INIT_STD = 0.2  # wide enough that greedy replies differ between prompts (see the module docstring)
-# The end-of-reply signal (see _make_replies_end): 1 word piece in 10 may end a reply; replies of 1-20 tokens.
-END_SHARE, END_SIGNAL, END_READ = 0.1, 1.0, 40.0
+# The end-of-reply signal (see _make_replies_end): about 1 word piece in 7 ends a reply.
+END_SHARE, END_SIGNAL, END_READ = 0.15, 2.0, 60.0
 VOCAB_SIZE = 800  # learnt pieces beside the 256 byte tokens; idefics2-8b has 32,000
 
 
@@ -130,9 +132,9 @@ def build_test_model(out_dir: str | os.PathLike, like: str = "idefics2-8b", seed
 def _make_replies_end(model, tokenizer, end_id: int, seed: int) -> None:
     """Random weights never pick <end_of_utterance> by themselves. The residual stream carries each input
     token's embedding on to the next prediction, so one hidden dimension that no layer writes to is set aside
-    as an 'end here' signal:
-    +1 in the embedding of a random share of the word pieces, -1 in the others (the prompt's last ':' among
-    them), and <end_of_utterance>'s output row reads it. A reply then ends soon after it writes one of them.
+    as an 'end here' signal: +END_SIGNAL in the embedding of a random share of the word pieces, -END_SIGNAL in
+    the others (every piece ending in ':', as the prompt does, among them), and <end_of_utterance>'s output row
+    reads it. A reply then ends right after it writes one of them: never empty, a few words long.
     Bytes, <unk>, <s> and the image tokens get zero output rows: the wide init would pick them too often."""
     import torch
 

@@ -17,7 +17,8 @@ def check_first_sentence(vlm, first_sentence, seed: int = 5) -> bool:
     messages = [user(random_scene(seed).draw(), "Describe this image in detail.")]
     full = generate(vlm, messages, max_new_tokens=80)
     if "." not in full.text or full.text.index(".") == len(full.text) - 1:
-        print(f"This model's reply {full.text!r} has a single sentence; the check needs several. Try another seed.")
+        print(f"This model's reply {full.text!r} has no second sentence, and the check needs one: try another seed "
+              "(the tiny model's detailed descriptions always have several).")
         return False
     expected = full.text[: full.text.index(".") + 1]
     calls = [0]
