@@ -1,6 +1,6 @@
 # vlm-course: the README's commands.
 #   make lab     open the course in JupyterLab
-#   make test    run every test and every notebook
+#   make test    run every test and every notebook (on the tiny model, then on an idefics2-8b-shaped one)
 #   make course  execute every notebook headless (outputs in build/course/)
 #   make bench   run the benchmarks (vlm-course bench)
 #
@@ -18,14 +18,17 @@ NOTEBOOKS  := $(sort $(wildcard notebooks/*.ipynb))
 NB_TIMEOUT ?= 900
 COURSE_OUT ?= build/course
 PYTEST_ARGS ?=
+# The idefics2-8b-shaped random-weight model the notebooks run on a second time (vlm_course/testmodel.py).
+TEST_MODEL ?= build/test-model
 
-.PHONY: venv lab test course bench help
+.PHONY: venv lab test test-shaped course bench gpu-check help
 
 help:
 	@echo "make lab     open the course in JupyterLab"
 	@echo "make test    run every test and notebook (offline)"
 	@echo "make course  execute every notebook headless into $(COURSE_OUT)/"
 	@echo "make bench   run the benchmarks"
+	@echo "make gpu-check  on a CUDA GPU: idefics2-8b at real size, random weights (vlm-course bench --suite gpu)"
 	@echo "make venv    create $(VENV) and install the package (TORCH_SPEC=$(TORCH_SPEC))"
 
 venv: $(STAMP)
@@ -50,6 +53,16 @@ lab: venv
 # The whole suite: tests/ plus every notebook through nbmake (skipped while there are none).
 test: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests $(if $(NOTEBOOKS),notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT)) $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-shaped
+
+# Every notebook again with VLM_COURSE_MODEL set to a model shaped like idefics2-8b (its processor with
+# image splitting, its tokenizer with BOS, 64 latents; random weights, built in seconds): the code paths
+# the real model takes, on this machine.
+test-shaped: venv
+	@if [ -z "$(NOTEBOOKS)" ]; then echo "No notebooks in notebooks/ yet."; exit 0; fi
+	HF_HUB_OFFLINE=1 $(VENV)/bin/vlm-course build-test-model --like idefics2-8b --out $(TEST_MODEL)
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE VLM_COURSE_MODEL=$(abspath $(TEST_MODEL)) \
+		$(PY) -m pytest notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) -p no:cacheprovider $(PYTEST_ARGS)
 
 course: venv
 	@if [ -z "$(NOTEBOOKS)" ]; then echo "No notebooks in notebooks/ yet."; exit 0; fi
@@ -64,3 +77,9 @@ course: venv
 
 bench: venv
 	$(VENV)/bin/vlm-course bench
+
+# On a machine with a CUDA GPU and its own torch: install the package beside that torch (plus bitsandbytes),
+# then measure idefics2-8b at real size with random weights (vlm_course/gpu_check.py; under 8 minutes on an H100).
+gpu-check:
+	$(PYTHON) -m pip install --quiet -e . bitsandbytes
+	HF_HUB_OFFLINE=1 $(PYTHON) -m vlm_course.cli bench --suite gpu
