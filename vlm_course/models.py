@@ -291,6 +291,8 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
         raise BackendError(f"Could not load {model_id!r} with attn={attn_impl!r}, quant={quant!r}: {e}") from None
     if "device_map" not in kwargs:
         model.to(dev)
+    if quant == "bnb-4bit" and dev.type == "cpu":
+        _keep_bnb_cpu_scales(model)
     model.eval()
     name = next((tiny for tiny, path in TINY_MODELS.items() if model_id.startswith(str(path))), model_id)
     return VLM(model, processor, name=name,
@@ -308,6 +310,36 @@ def _auto_quant(model_id: str, device, dtype) -> tuple[str | None, str]:
     return quant_for("auto", lambda q: estimate(model_id, dtype=dtype, quant=q).bytes, device_facts(device))
 
 
+# bitsandbytes 4-bit on the CPU repacks each weight for its CPU kernel at the first forward pass, and casts the
+# absmax scales to bf16 in a transposed layout; its inverse at save time restores the weights exactly but not
+# the scales, so a model saved after use reloaded with other answers (36 scale tensors of the tiny model).
+# load_vlm keeps the original float32 scales; save_vlm undoes the packing and puts them back first.
+_BNB_ORIGINAL_ABSMAX = "_vlm_course_original_absmax"
+
+
+def _bnb_4bit_weights(model):
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if type(weight).__name__ == "Params4bit" and getattr(weight, "quant_state", None) is not None:
+            yield weight
+
+
+def _keep_bnb_cpu_scales(model) -> None:
+    for weight in _bnb_4bit_weights(model):
+        setattr(weight, _BNB_ORIGINAL_ABSMAX, weight.quant_state.absmax.detach().clone())
+
+
+def _restore_bnb_cpu_scales(model) -> None:
+    for weight in _bnb_4bit_weights(model):
+        original = getattr(weight, _BNB_ORIGINAL_ABSMAX, None)
+        if original is None or not getattr(weight.quant_state, "packing_format_for_cpu", False):
+            continue
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+        weight.quant_state.absmax = original.clone()  # the next forward pass repacks from these, as the first did
+
+
 def save_vlm(vlm: VLM, directory: str | os.PathLike) -> Path:
     """Save model and processor with save_pretrained, so that load_vlm(directory) reloads them.
 
@@ -320,6 +352,7 @@ def save_vlm(vlm: VLM, directory: str | os.PathLike) -> Path:
                            "transformers refuses to serialize quanto weights. Save the unquantized model instead and "
                            f"load it with load_vlm(path, quant={vlm.quant!r}), or use bnb-8bit, bnb-4bit or torchao-int8, "
                            "which save and reload.")
+    _restore_bnb_cpu_scales(vlm.model)
     try:
         vlm.model.save_pretrained(path)
     except (ValueError, NotImplementedError) as e:
