@@ -88,3 +88,11 @@ def test_load_vlm_says_what_it_chose(test_model_dir):
     notes = " | ".join(vlm.notes)
     assert "dtype float32 (auto)" in notes and "attention auto: sdpa, because flash_attention_2 needs a CUDA GPU" in notes, notes
     assert "quantization auto: no quantization on cpu" in notes
+
+
+def test_weights_go_straight_to_the_gpu():
+    from vlm_course.models import from_pretrained_kwargs
+
+    on_gpu = from_pretrained_kwargs(torch.device("cuda:0"), torch.float16, "sdpa")
+    assert on_gpu["device_map"] == "cuda:0" and on_gpu["dtype"] == torch.float16
+    assert "device_map" not in from_pretrained_kwargs(torch.device("cpu"), torch.float32, "sdpa")
