@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from vlm_course.shapes import random_scene
+from vlm_course.shapes.evaluate import BARS
 
 BIN = Path(sys.executable).with_name("vlm-course")
 
@@ -44,8 +45,11 @@ def test_ask_streams_and_reports_usage(tmp_path):
 
 
 def test_eval_prints_a_table_and_writes_the_scores(tmp_path):
-    out = run("eval", "--n", "12", "--families", "describe,position", "--no-perturbed", "--json", str(tmp_path / "s.json"))
-    assert out.returncode == 0, out.stderr
+    out = run("eval", "--n", "12", "--families", "describe,position", "--no-perturbed", "--json", str(tmp_path / "s.json"),
+              "--strict")
+    scores = json.loads((tmp_path / "s.json").read_text())
+    below = [f for f, v in scores.items() if v["accuracy"] < BARS[f]]
+    assert out.returncode == (1 if below else 0), (below, out.stderr[-2000:])  # --strict: the bars decide the exit code
     assert "describe" in out.stdout and "position" in out.stdout and "accuracy" in out.stdout
     scores = json.loads((tmp_path / "s.json").read_text())
     assert set(scores) == {"describe", "position"}
@@ -60,3 +64,23 @@ def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in out.stderr
     assert "missing.png" in out.stderr
+
+
+def test_eval_strict_fails_a_model_under_its_bars(tmp_path):
+    """A model that cannot answer (its output layer zeroed) exits 1 under --strict: the bars are enforced."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlm_course.models import TINY_MODEL_DIR
+
+    model = AutoModelForImageTextToText.from_pretrained(TINY_MODEL_DIR)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    model.save_pretrained(tmp_path / "broken")
+    AutoProcessor.from_pretrained(TINY_MODEL_DIR).save_pretrained(tmp_path / "broken")
+    out = run("eval", "--model", str(tmp_path / "broken"), "--n", "4", "--families", "describe", "--no-perturbed",
+              "--batch-size", "4", "--strict")
+    assert out.returncode == 1, out.stderr + out.stdout
+    assert "0/4" in out.stdout, out.stdout
+    good = run("eval", "--n", "12", "--families", "position", "--no-perturbed", "--strict")  # 12/12 clears its bar
+    assert good.returncode == 0 and "12/12" in good.stdout, good.stdout

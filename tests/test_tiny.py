@@ -148,3 +148,11 @@ def test_model_card_reports_the_measured_evaluation():
     scores = json.loads((TINY_MODEL_DIR / "evaluation.json").read_text())
     for family in ("describe", "attribute", "count", "exists", "position", "two_images", "multi_turn", "description"):
         assert f"{scores[family]['accuracy']:.1%}" in card, family
+
+
+def test_polish_without_a_first_stage_says_so(tmp_path):
+    from vlm_course.errors import ModelNotFoundError
+
+    shutil.copytree(TINY_MODEL_DIR, tmp_path / "m", ignore=shutil.ignore_patterns("training.json"))
+    with pytest.raises(ModelNotFoundError, match="has no training.json.*train-tiny"):
+        polish(tmp_path / "m", TrainConfig(steps=3, polish_steps=2, batch_size=4), progress=False)

@@ -17,6 +17,18 @@ EVAL_SEED = 7
 BARS = {"describe": 0.98, "attribute": 0.98, "count": 0.98, "exists": 0.98, "position": 0.95,
         "two_images": 0.95, "multi_turn": 0.95, "description": 0.95, "unknown": 0.95}
 PERTURBED_BAR = 0.95
+
+
+def sample_floor(bar: float, n: int, sigmas: float = 3.0) -> float:
+    """The lowest accuracy on `n` questions that a model truly at `bar` would still score (bar minus `sigmas`
+    binomial standard errors, to the hundredth below). The bars are claims about the full evaluation; a smaller
+    sample (the test suite's) holds the model to them through this floor: one place for both, so that a floor
+    can never drift from its bar. On 100 questions: 0.98 -> 0.93, 0.95 -> 0.88."""
+    import math
+
+    return math.floor(100 * (bar - sigmas * math.sqrt(bar * (1 - bar) / n))) / 100
+
+
 # The families asked about one image: their pooled accuracy is the "single-image overall" figure.
 SINGLE_IMAGE_FAMILIES = ("describe", "attribute", "count", "exists", "position", "description")
 

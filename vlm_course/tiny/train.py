@@ -190,6 +190,11 @@ def polish(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool =
 
     cfg = cfg or TrainConfig()
     out = Path(out_dir)
+    if not (out / "training.json").is_file():  # checked first: loading the model would fail less clearly, or not at all
+        from ..errors import ModelNotFoundError
+
+        raise ModelNotFoundError(f"{str(out)!r} has no training.json, so there is no first stage to polish. "
+                                 "polish() continues a run of train_tiny (vlm-course train-tiny) in the same folder.")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + 1)
     processor = AutoProcessor.from_pretrained(out)
