@@ -4,7 +4,8 @@ Accepted sources, all returning an RGB `PIL.Image.Image`:
 
 - a `PIL.Image.Image` (any mode; transparency is composited on white),
 - a local path, as `pathlib.Path` (or any `os.PathLike`) or `str` (`~` is expanded),
-- an ``http://`` or ``https://`` URL (read with a timeout and a byte limit),
+- an ``http://`` or ``https://`` URL (through `vlm_course.fetch`: one deadline over the whole download, a byte
+  limit, redirects checked hop by hop; ``allow_private_urls=False`` refuses non-public addresses),
 - a ``data:image/...;base64,...`` URI,
 - a plain base64 string of image bytes,
 - `bytes`, `bytearray` or `memoryview` holding an encoded image (PNG, JPEG, ...).
@@ -17,7 +18,9 @@ path itself (``"/data/cat.png"`` or ``Path("/data/cat.png")``). Every other URL 
 Every failure raises `vlm_course.errors.ImageError` (a `ValueError`) whose message says what was
 wrong and what to do. Limits guard against huge downloads and decompression bombs: the encoded
 size is checked against ``max_bytes`` before decoding, and the pixel count read from the header is
-checked against ``max_pixels`` before any pixel data is decoded.
+checked against ``max_pixels`` (and charged to a request's ``budget``) before any pixel data is decoded.
+``max_side`` decodes no larger than needed: a JPEG at 1/2, 1/4 or 1/8 scale, anything else shrunk
+right after decoding, so only small images are kept.
 
 `image_to_data_uri()` goes the other way: an image to a ``data:`` URI, the form the OpenAI chat API
 and the course's server accept.

@@ -4,10 +4,13 @@
     vlm-course serve --model DIR --port 9000 --api-key SECRET --max-batch-size 16
     vlm-course serve --ray --num-replicas 2 # the same app as a Ray Serve deployment
 
-Modules: `schemas` (request bodies), `batching` (the worker that groups requests into one
-generate), `app` (the FastAPI app and its image policy), `server` (uvicorn, foreground or in a
-background thread), `ray_app` (the Ray Serve deployment), `loadtest` (concurrent clients).
-FastAPI, uvicorn and Ray are imported only when used.
+Modules: `settings` (ServerSettings: the one source of the options here and of RayServeConfig),
+`schemas` (request bodies), `errors` (OpenAI-shaped errors, the body limit), `image_policy` (which
+images, fetched how, decoded how large), `completions` (a request checked step by step, its job and
+its answer), `batching` (the worker that groups requests into one generate), `routes` and `app` (the
+FastAPI app, its state and its drain on shutdown), `server` (uvicorn, foreground or in a background
+thread), `ray_app` (the Ray Serve deployment), `loadtest` (concurrent clients), `probe` (the issue-16
+attacks, measured). FastAPI, uvicorn and Ray are imported only when used.
 """
 
 from __future__ import annotations

@@ -95,7 +95,6 @@ class Job:
     max_tokens_explicit: bool = True  # False: the server's default, shortened to fit the context
     cancel: threading.Event = field(default_factory=threading.Event)
     enqueued: float = field(default_factory=time.perf_counter)
-    stop_reason: Optional[BaseException] = None  # set with cancel when the server (not the client) ends the job
 
     def group_key(self) -> tuple:
         """Jobs with equal keys can share one generate. Greedy jobs always can; a seeded job runs alone
@@ -153,9 +152,6 @@ class _Row:
         ids, text, reason = finish_reply(self.vlm, self.ids, self.job.max_new_tokens, self.job.stops)
         if cancelled:
             reason = "cancelled"
-        if cancelled and self.job.stop_reason is not None:  # the server ends it: an error, not a reply
-            self.job.emit(("error", self.job.stop_reason, 503))
-            return
         if self.job.stream and text.startswith(self.sent) and len(text) > len(self.sent):
             self.job.emit(("delta", text[len(self.sent):], self.new_logprobs()))
         elif self.job.stream and self.logprobs_sent < len(self.logprobs):
@@ -333,7 +329,7 @@ class Batcher:
             if job is not None:
                 leftovers.append(job)
         for job in leftovers:
-            job.emit(("error", RuntimeError("the server is shutting down; retry later"), 503))
+            job.emit(("error", ShuttingDown(), 503))
 
     def _run(self, group: list[Job]) -> None:
         try:
