@@ -158,7 +158,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         Handler.hosts.append(self.headers.get("Host"))
         port = self.server.server_address[1]
-        if self.path == "/ok":
+        if self.path in ("/ok", "/caf%C3%A9.png?x=%C3%A9"):
             self._send(200, b"hello", [("Content-Type", "image/png")])
         elif self.path == "/redirect-here":
             self._send(302, headers=[("Location", "/ok")])
@@ -226,6 +226,12 @@ def test_the_name_is_resolved_once_and_the_address_connected_to(site):
     assert get(f"http://localhost:{port}/ok", allow_private=True).data == b"hello"
     assert CONNECTED == ["127.0.0.1"]  # the resolved address, not the name
     assert Handler.hosts == [f"localhost:{port}"]  # while the request still names the host
+
+
+def test_a_non_ascii_path_is_sent_percent_encoded(site):
+    url, _ = site
+    assert get(url + "/café.png?x=é", allow_private=True).data == b"hello"
+    assert get(url + "/caf%C3%A9.png?x=%C3%A9", allow_private=True).data == b"hello"  # escapes kept as they are
 
 
 def test_redirect_loop_and_errors(site):

@@ -206,6 +206,9 @@ def parse_url(url: str) -> ParsedURL:
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
+    # An IRI's non-ASCII path ('/café.png') goes on the request line percent-encoded as UTF-8, as browsers send
+    # it; existing %-escapes and reserved characters stay as they are.
+    target = urllib.parse.quote(target, safe="!#$%&'()*+,/:;=?@[]~")
     return ParsedURL(scheme, host, port or (443 if scheme == "https" else 80), target, ip)
 
 
