@@ -19,7 +19,6 @@ sends it; vLLM puts it with the last piece); llama.cpp's /completions, /embeddin
 from __future__ import annotations
 
 import io
-import ipaddress
 import socket
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -27,9 +26,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
+from _loopback import LOOPBACK_ONLY, loopback_only
 from _need import need  # skips outside CI, fails in CI
 from vlm_course import chat
-from vlm_course.fetch import FetchError, open_connection
 from vlm_course.serve.settings import ServerSettings
 from vlm_course.serve.server import start_in_background
 from vlm_course.shapes import random_scene
@@ -39,16 +38,6 @@ need("fastapi")
 
 QUESTION = "What's in this image?"
 MAXIMUM_IMAGES = 2  # vLLM's --limit-mm-per-prompt
-
-
-def loopback_only(ip, port, family, deadline):
-    if not ipaddress.ip_address(ip).is_loopback:
-        raise ConnectionRefusedError(f"tests connect to loopback only, not {ip}")
-    return open_connection(ip, port, family, deadline)
-
-
-def no_dns(host, port, deadline):
-    raise FetchError(f"tests resolve no host names ({host!r})")
 
 
 def as_format(img: Image.Image, kind: str) -> bytes:
@@ -103,8 +92,7 @@ def site(assets):
 
 
 def serve(vlm, **settings):
-    network = {"connect": loopback_only, "resolve": no_dns}
-    return start_in_background(ServerSettings(**settings), vlm=vlm, network=network)
+    return start_in_background(ServerSettings(**settings), vlm=vlm, network=LOOPBACK_ONLY)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from _loopback import LOOPBACK_ONLY
 from _need import need  # skips outside CI, fails in CI
 
 openai = need("openai")
@@ -77,14 +78,14 @@ def server(vlm, image_dir):
     """Batching on, loopback image URLs allowed explicitly, local paths allowed under image_dir."""
     settings = ServerSettings(max_batch_size=8, max_wait_ms=30, allow_private_urls=True,
                               allow_dirs=[str(image_dir)], max_images=3, max_body_bytes=2_000_000)
-    with start_in_background(settings, vlm=vlm) as srv:
+    with start_in_background(settings, vlm=vlm, network=LOOPBACK_ONLY) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def strict_server(vlm):
     """Default settings (refuse private URLs and local paths), plus an API key."""
-    with start_in_background(ServerSettings(api_key="sesame"), vlm=vlm) as srv:
+    with start_in_background(ServerSettings(api_key="sesame"), vlm=vlm, network=LOOPBACK_ONLY) as srv:
         yield srv
 
 

@@ -14,6 +14,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from _loopback import LOOPBACK_ONLY
 from _need import need  # skips outside CI, fails in CI
 
 need("fastapi")
@@ -87,8 +88,10 @@ bodies = valid_bodies | mutated_bodies | random_bodies
 
 @pytest.fixture(scope="module")
 def server(vlm):
-    # Default policy (no private URLs, no local paths); tiny replies keep each valid case fast.
-    with start_in_background(ServerSettings(default_max_tokens=6, max_batch_size=4), vlm=vlm) as srv:
+    # Default policy (no private URLs, no local paths); tiny replies keep each valid case fast. The fetcher may
+    # reach loopback only and resolves no names: no fuzzed URL can lead anywhere else.
+    with start_in_background(ServerSettings(default_max_tokens=6, max_batch_size=4), vlm=vlm,
+                             network=LOOPBACK_ONLY) as srv:
         yield srv
     print(f"\nfuzz cases sent: {dict(SEEN)}")
 

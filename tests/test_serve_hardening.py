@@ -1,14 +1,13 @@
 """Issue 16 against a real server on 127.0.0.1: bounded cost per request, no 500s, the OpenAI fields.
 
-Each test names the finding it covers. Image URLs reach only loopback: the servers get a `network`
-whose connect refuses anything else and whose resolver does no DNS.
+Each test names the finding it covers. Image URLs reach only loopback: the servers get
+`_loopback.LOOPBACK_ONLY`, whose connect refuses anything else and whose resolver does no DNS.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import ipaddress
 import json
 import socket
 import threading
@@ -17,6 +16,7 @@ import time
 import httpx
 import pytest
 import torch
+from _loopback import LOOPBACK_ONLY
 from _need import need  # skips outside CI, fails in CI
 from PIL import Image
 
@@ -27,7 +27,6 @@ from hypothesis import strategies as st  # noqa: E402
 
 from vlm_course import chat
 from vlm_course.errors import GenerationError, MessagesError
-from vlm_course.fetch import FetchError, open_connection
 from vlm_course.serve.loadtest import fixed_length_bias
 from vlm_course.serve.openai_format import to_openai_messages
 from vlm_course.serve.settings import ServerSettings
@@ -37,34 +36,19 @@ from vlm_course.shapes import random_scene
 QUESTION = "What do we see in this image?"
 
 
-def loopback_only(ip, port, family, deadline):
-    if not ipaddress.ip_address(ip).is_loopback:  # refused before a socket exists (the server answers 400)
-        raise ConnectionRefusedError(f"tests connect to loopback only, not {ip}")
-    return open_connection(ip, port, family, deadline)
-
-
-def no_dns(host, port, deadline):
-    if host != "localhost":
-        raise FetchError(f"tests resolve no host names ({host!r})")
-    return [(socket.AF_INET, "127.0.0.1")]
-
-
-NETWORK = {"connect": loopback_only, "resolve": no_dns}
-
-
 @pytest.fixture(scope="module")
 def server(vlm, tmp_path_factory):
     allowed = tmp_path_factory.mktemp("allowed")
     random_scene(1).draw().save(allowed / "scene1.png")
     settings = ServerSettings(max_batch_size=4, max_wait_ms=20, allow_dirs=[str(allowed)], max_body_bytes=3_000_000)
-    with start_in_background(settings, vlm=vlm, network=NETWORK) as srv:
+    with start_in_background(settings, vlm=vlm, network=LOOPBACK_ONLY) as srv:
         srv.allowed = allowed
         yield srv
 
 
 @pytest.fixture(scope="module")
 def keyed(vlm):
-    with start_in_background(ServerSettings(api_key="sesame"), vlm=vlm, network=NETWORK) as srv:
+    with start_in_background(ServerSettings(api_key="sesame"), vlm=vlm, network=LOOPBACK_ONLY) as srv:
         yield srv
 
 
@@ -367,7 +351,7 @@ def test_slow_image_host_gets_a_bounded_answer(vlm):
     threading.Thread(target=serve, daemon=True).start()
     settings = ServerSettings(allow_private_urls=True, url_timeout=1.0)
     try:
-        with start_in_background(settings, vlm=vlm, network=NETWORK) as srv:
+        with start_in_background(settings, vlm=vlm, network=LOOPBACK_ONLY) as srv:
             err = error_of(post(srv, {"messages": image_msg(f"http://127.0.0.1:{listener.getsockname()[1]}/x.png")}))
             assert err["code"] == "timeout" and "timed out after 1 s" in err["message"]
     finally:
