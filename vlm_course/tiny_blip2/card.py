@@ -41,7 +41,20 @@ def write_card(model_dir: str | Path, notes: str = "") -> Path:
     below = [f for f, s in scores.items() if s["accuracy"] < BARS.get(f, 0)]
     mistakes = "\n".join(f"| {f} | {m['prompt']} | {m['expected']} | {m['got']} |"
                          for f, s in scores.items() for m in s.get("mistakes", [])[:2])
-    stage1_seconds = log["seconds"] - stage0.get("seconds", 0.0)
+    steps = log["steps_done"]
+    stage0_cpu = stage0.get("cpu_seconds")
+    cpu = log.get("cpu_seconds")
+    time_text = (f"{log['seconds'] / 60:.1f} minutes of wall clock in all, stage 0 included. The training process's own "
+                 f"CPU time: {cpu:,.0f} s for stages 1-2 ({1000 * cpu / max(1, steps):.0f} ms a step)"
+                 + (f" and {stage0_cpu:,.0f} s for stage 0" if stage0_cpu is not None else "")
+                 + "; the DataLoader worker draws the next batches on the other core meanwhile, so on two idle cores "
+                 "the CPU time is about the wall time." if cpu is not None else f"{log['seconds'] / 60:.1f} minutes in all.")
+    stage2 = ""
+    if steps > cfg["steps"]:
+        stage2 = (f"\n- **Stage 2, polishing**: {steps - cfg['steps']:,} steps with a fresh optimizer, warm-up 50 steps to "
+                  f"{cfg['polish_lr']}, cosine to {cfg['min_lr']}, drawing more of what stage 1 leaves least sure (binding a "
+                  f"place or a colour to a named object): weights "
+                  + ", ".join(f"{f} {w:g}" for f, w in cfg["polish_weights"].items()) + ".")
     text = f"""# tiny-blip2: a tiny BLIP-2 that sees the shapes world
 
 The real `Blip2ForConditionalGeneration` (vision tower, Q-Former with learned query tokens, OPT language model)
@@ -81,9 +94,8 @@ Trained from scratch by `vlm-course train-tiny --model blip2` (`vlm_course/tiny_
 - **Stage 1, the whole model{' with the vision tower frozen (as BLIP-2 freezes its image encoder)' if cfg.get('freeze_vision') else ''}**:
   AdamW (betas 0.9/0.98, no weight decay), batch {cfg['batch_size']}, peak rate {cfg['lr']}, {cfg['warmup']} warm-up
   steps, held at the peak for {cfg['hold']:.0%} of the run, then cosine to {cfg['min_lr']}; clipping {cfg['clip']};
-  {log['steps_done']:,} steps.
-- **Time**: {log['seconds'] / 60:.1f} minutes in all, stage 0 included ({1000 * stage1_seconds / max(1, log['steps_done']):.0f} ms
-  a step of stage 1), one torch thread training while a DataLoader worker draws the batches.{notes}
+  {cfg['steps']:,} steps.{stage2}
+- **Time**: {time_text}{notes}
 
 ![loss curve](loss_curve.png)
 

@@ -47,7 +47,7 @@ class TrainConfig:
     workers: int = 1  # ...so the other core draws and renders the batches in a DataLoader worker
     task_weights: dict = field(default_factory=lambda: dict(TASKS))
     freeze_vision: bool = True  # after stage 0, as BLIP-2 freezes its image encoder (and saves its backward pass)
-    polish_steps: int = 4_000  # stage 2: a fresh optimizer, a lower peak, more of what stage 1 leaves least sure
+    polish_steps: int = 5_000  # stage 2: a fresh optimizer, a lower peak, more of what stage 1 leaves least sure
     polish_lr: float = 5e-4
     polish_weights: dict = field(default_factory=lambda: dict(POLISH_WEIGHTS))
     checkpoint_every: int = 1_000
@@ -261,7 +261,7 @@ def train_stage(model, processor, cfg: TrainConfig, out: Path, stage: int, extra
                 probes.append({"step": first + step + 1, **probe(model, processor, cfg.probe)})
                 start += time.time() - probe_start  # the probes are not training
                 cpu_start += time.process_time() - probe_cpu
-                bar.write(f"step {step + 1}: {probes[-1]}")
+                bar.write(f"step {first + step + 1}: {probes[-1]}")
             extra["cpu_seconds"] = round(time.process_time() - cpu_start, 1)  # this process's; the data worker's apart
             extra["seconds"] = round(time.time() - start, 1)
             _save(model, processor, out, cfg, first + step + 1, extra)
