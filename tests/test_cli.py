@@ -50,6 +50,7 @@ def test_eval_prints_a_table_and_writes_the_scores(tmp_path):
     scores = json.loads((tmp_path / "s.json").read_text())
     below = [f for f, v in scores.items() if v["accuracy"] < BARS[f]]
     assert out.returncode == (1 if below else 0), (below, out.stderr[-2000:])  # --strict: the bars decide the exit code
+    assert below == ["describe"]  # this fixed sample: 11/12 under describe's 0.98 bar, so --strict's failing side runs
     assert "describe" in out.stdout and "position" in out.stdout and "accuracy" in out.stdout
     scores = json.loads((tmp_path / "s.json").read_text())
     assert set(scores) == {"describe", "position"}
@@ -66,21 +67,7 @@ def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
     assert "missing.png" in out.stderr
 
 
-def test_eval_strict_fails_a_model_under_its_bars(tmp_path):
-    """A model that cannot answer (its output layer zeroed) exits 1 under --strict: the bars are enforced."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from vlm_course.models import TINY_MODEL_DIR
-
-    model = AutoModelForImageTextToText.from_pretrained(TINY_MODEL_DIR)
-    with torch.no_grad():
-        model.lm_head.weight.zero_()
-    model.save_pretrained(tmp_path / "broken")
-    AutoProcessor.from_pretrained(TINY_MODEL_DIR).save_pretrained(tmp_path / "broken")
-    out = run("eval", "--model", str(tmp_path / "broken"), "--n", "4", "--families", "describe", "--no-perturbed",
-              "--batch-size", "4", "--strict")
-    assert out.returncode == 1, out.stderr + out.stdout
-    assert "0/4" in out.stdout, out.stdout
-    good = run("eval", "--n", "12", "--families", "position", "--no-perturbed", "--strict")  # 12/12 clears its bar
-    assert good.returncode == 0 and "12/12" in good.stdout, good.stdout
+def test_eval_strict_passes_a_model_that_clears_its_bars():
+    """The other side of --strict (the test above sees describe's 11/12 under its 0.98 bar exit 1)."""
+    out = run("eval", "--n", "12", "--families", "position", "--no-perturbed", "--strict")
+    assert out.returncode == 0 and "12/12" in out.stdout, out.stdout + out.stderr[-2000:]
