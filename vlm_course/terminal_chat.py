@@ -161,11 +161,16 @@ class TerminalChat:
             line = line.strip()
             if not line:
                 continue
-            if line.startswith("/"):
-                if not self.command(line):
-                    return 0
-                continue
-            self.answer(line)
+            try:
+                if line.startswith("/"):
+                    if not self.command(line):
+                        return 0
+                    continue
+                self.answer(line)
+            except KeyboardInterrupt:  # Ctrl-C outside the stream (loading an image, before the first piece...)
+                if self.history.messages and self.history.messages[-1]["role"] == "user":
+                    self.history.undo()  # a question without an answer is not kept
+                self.say(" [stopped]")
 
 
 def build_parser() -> argparse.ArgumentParser:
