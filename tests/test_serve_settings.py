@@ -15,7 +15,8 @@ from vlm_course.serve import build_parser, main  # noqa: E402
 from vlm_course.serve.ray_app import RayServeConfig  # noqa: E402
 from vlm_course.serve.settings import ServerSettings, default_of, from_arguments  # noqa: E402
 
-CHANGED = dict(model="some/dir", dtype="bfloat16", attn="eager", quant="bnb-4bit", device="cpu", api_key="k",
+CHANGED = dict(model="some/dir", dtype="bfloat16", attn="eager", quant="bnb-4bit", device="cpu", adapter="some/adapter",
+               api_key="k",
                max_batch_size=3, max_wait_ms=2.5, allow_dirs=["/a", "/b"], allow_private_urls=True, max_images=2,
                max_body_bytes=1234, max_image_bytes=999, max_image_pixels=4321, max_request_pixels=8642,
                url_timeout=1.5, default_max_tokens=7, shutdown_grace_s=0.5)

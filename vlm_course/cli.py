@@ -1,4 +1,4 @@
-"""The `vlm-course` command: info, draw, ask, eval, bench, serve, train-tiny, build-test-model."""
+"""The `vlm-course` command: info, draw, ask, eval, bench, serve, train-tiny, finetune, build-test-model."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def cmd_ask(args) -> int:
     images = [load_image(src) for src in args.images]  # a bad image fails before the model loads
     content = [{"type": "image", "image": img} for img in images] + [{"type": "text", "text": args.question}]
     messages = [{"role": "user", "content": content}]
-    vlm = load_vlm(args.model, device=args.device)
+    vlm = load_vlm(args.model, device=args.device, adapter=args.adapter)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     if args.stream:
         s = stream(vlm, messages, **options)
@@ -122,6 +122,18 @@ def cmd_build_test_model(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shares the CPU gracefully with other work
+    from .finetune import FineTuneConfig, finetune, report
+
+    given = {name: getattr(args, name) for name in ("steps", "batch_size", "lr", "rank", "seed", "threads")}
+    cfg = FineTuneConfig(method=args.method, concept=args.concept,
+                         **{name: value for name, value in given.items() if value is not None})
+    run = finetune(args.model, args.out, cfg)
+    print(report(run, n=args.eval_n, n_old=args.eval_old))
+    return 0
+
+
 # Subcommands with their own argument parsers, in the module that implements them.
 FORWARDED = {"bench": ".bench", "serve": ".serve", "chat": ".terminal_chat"}
 
@@ -150,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--temperature", type=float, default=0.0)
     sp.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     sp.add_argument("--usage", action="store_true", help="print token counts and speeds to stderr")
+    sp.add_argument("--adapter", default=None, metavar="DIR", help="a LoRA adapter from `vlm-course finetune`")
     sp.set_defaults(func=cmd_ask)
 
     sp = with_model(sub.add_parser("eval", help="exact-match accuracy on held-out shapes questions"))
@@ -181,6 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="directory to write (load it with --model DIR)")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_build_test_model)
+
+    sp = with_model(sub.add_parser("finetune", help="teach the model a new colour with LoRA, QLoRA or full fine-tuning"))
+    sp.add_argument("--concept", default="pink", help="the new colour to learn (default: pink)")
+    sp.add_argument("--method", default="lora", help="lora, qlora (4-bit base + LoRA) or full")
+    sp.add_argument("--out", default="runs/finetune", help="directory for the adapter (or model), loss curve, record")
+    # defaults (None) leave the recipe's value: vlm_course/finetune.py, FineTuneConfig
+    sp.add_argument("--steps", type=int)
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--lr", type=float)
+    sp.add_argument("--rank", type=int, help="LoRA rank")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--threads", type=int, help="torch threads")
+    sp.add_argument("--eval-n", type=int, default=100, help="held-out questions per probe after training (0: none)")
+    sp.add_argument("--eval-old", type=int, default=0, help="also this many questions per old family (forgetting)")
+    sp.set_defaults(func=cmd_finetune)
 
     sub.add_parser("bench", help="measure speed, memory and quality (see: vlm-course bench --help)")
     sub.add_parser("serve", help="OpenAI-compatible server (see: vlm-course serve --help)")

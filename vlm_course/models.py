@@ -41,6 +41,7 @@ class VLM:
     quant: str | None = None
     load_seconds: float = 0.0
     notes: tuple[str, ...] = ()  # why load_vlm chose this dtype, attention and quantization (vlm_course.fit)
+    adapter: str | None = None  # a peft adapter directory attached on top of the model (lesson 09)
 
     @property
     def tokenizer(self):
@@ -48,7 +49,8 @@ class VLM:
 
     def __repr__(self) -> str:
         quant = f", quant={self.quant}" if self.quant else ""
-        return f"VLM({self.name!r}, device={self.device}, dtype={self.dtype}, attn={self.attn}{quant})"
+        adapter = f", adapter={self.adapter!r}" if self.adapter else ""
+        return f"VLM({self.name!r}, device={self.device}, dtype={self.dtype}, attn={self.attn}{quant}{adapter})"
 
 
 def is_tiny(vlm: VLM) -> bool:
@@ -234,7 +236,7 @@ def _check_reachable(model_id: str) -> None:
 
 
 def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", attn: str | None = "auto",
-             quant: str | None = None, device: str | None = None) -> VLM:
+             quant: str | None = None, device: str | None = None, adapter: str | os.PathLike | None = None) -> VLM:
     """Load a model and its processor.
 
     model_id: a local directory or a hub id; default: VLM_COURSE_MODEL, else the bundled tiny model.
@@ -243,6 +245,7 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
     quant: None, one of QUANT_METHODS, or 'auto' (on a GPU: none, 8-bit or 4-bit, whichever fits the free
     memory by memory.estimate; see vlm_course.fit). The reason for each choice is in the VLM's notes.
     device: None for cuda > mps > cpu, or e.g. 'cpu'.
+    adapter: a peft adapter directory (vlm-course finetune) to put on top of the model, unmerged.
     """
     from safetensors import SafetensorError
 
@@ -289,11 +292,16 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
         model.to(dev)
     if quant == "bnb-4bit" and dev.type == "cpu":
         _keep_bnb_cpu_scales(model)
+    if adapter is not None:
+        from .finetune import attach_adapter
+
+        model = attach_adapter(model, adapter)
     model.eval()
     name = next((tiny for tiny, path in TINY_MODELS.items() if model_id.startswith(str(path))), model_id)
     return VLM(model, processor, name=name,
                device=dev, dtype=torch_dtype, attn=attn_impl, quant=quant,
-               load_seconds=time.perf_counter() - start, notes=tuple(notes))
+               load_seconds=time.perf_counter() - start, notes=tuple(notes),
+               adapter=None if adapter is None else str(adapter))
 
 
 def from_pretrained_kwargs(device, dtype, attn: str, quant_config=None) -> dict:

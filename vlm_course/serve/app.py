@@ -46,7 +46,7 @@ class ServerState:
             from ..models import load_vlm
 
             self.vlm = await asyncio.to_thread(load_vlm, s.model, dtype=s.dtype, attn=s.attn, quant=s.quant,
-                                               device=s.device)
+                                               device=s.device, adapter=s.adapter)
         self.policy = ImagePolicy.for_model(s, self.vlm, self.network)
         self.batcher = Batcher(self.vlm, s.max_batch_size, s.max_wait_ms)
         self.draining, self.stopping = asyncio.Event(), asyncio.Event()

@@ -30,6 +30,7 @@ class ServerSettings:
     attn: str = option("auto", "attention backend (eager, sdpa, flex_attention, ...)")
     quant: Optional[str] = option(None, "quantization (see vlm-course info)")
     device: Optional[str] = option(None, "cpu, cuda, mps (default: best available)")
+    adapter: Optional[str] = option(None, "a LoRA adapter directory (vlm-course finetune) to serve on the model")
     api_key: Optional[str] = option(None, "require 'Authorization: Bearer KEY' (default: $VLM_COURSE_API_KEY, else no key)",
                                     env="VLM_COURSE_API_KEY")
     max_batch_size: int = option(8, "most requests in one batched generate", ge=1)

@@ -45,11 +45,17 @@ class FamilyScore:
         return self.correct / self.total if self.total else 0.0
 
 
-def eval_samples(family: str, n: int, seed: int = EVAL_SEED, perturbed: bool = False) -> list[Sample]:
-    """The same `n` held-out questions of a family every time for a given seed."""
-    rng = random.Random(f"{family}-{seed}-{'perturbed' if perturbed else 'clean'}")
+def eval_samples(family: str, n: int, seed: int = EVAL_SEED, perturbed: bool = False,
+                 colours: tuple[str, ...] | None = None, include: str | None = None) -> list[Sample]:
+    """The same `n` held-out questions of a family every time for a given seed.
+
+    colours and include (see random_scene) draw scenes from another palette, e.g. with pink in every scene."""
+    world = "" if colours is None and include is None else f"-{'+'.join(colours or ())}-{include}"
+    rng = random.Random(f"{family}-{seed}-{'perturbed' if perturbed else 'clean'}{world}")
     render = render_perturbed if perturbed else render_clean
     kwargs = {"held_out": True} if family == "unknown" else {}
+    if world:
+        kwargs.update(colours=colours, include=include)
     return [make_sample(family, rng, render, **kwargs) for _ in range(n)]
 
 
@@ -58,10 +64,11 @@ def normalise(text: str) -> str:
 
 
 def evaluate(vlm, families=None, n: int = 100, seed: int = EVAL_SEED, perturbed: bool = False,
-             batch_size: int = 32, progress: bool = True) -> dict[str, FamilyScore]:
-    """Exact-match accuracy of `vlm` on `n` questions per family (greedy decoding, batched)."""
-    from ..chat import generate_batch  # chat sits above shapes; import when used
+             batch_size: int = 32, progress: bool = True, colours: tuple[str, ...] | None = None,
+             include: str | None = None) -> dict[str, FamilyScore]:
+    """Exact-match accuracy of `vlm` on `n` questions per family (greedy decoding, batched).
 
+    colours and include: scenes from another palette (see eval_samples); default the six colours."""
     families = list(families or FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
@@ -72,22 +79,30 @@ def evaluate(vlm, families=None, n: int = 100, seed: int = EVAL_SEED, perturbed:
     bar = tqdm(total=n * len(families), desc="evaluating" + (" (perturbed)" if perturbed else ""),
                disable=not progress, mininterval=1)
     for family in families:
-        samples = eval_samples(family, n, seed, perturbed)
-        score = FamilyScore(family, 0, 0)
-        for i in range(0, n, batch_size):
-            chunk = samples[i:i + batch_size]
-            replies = generate_batch(vlm, [s.prompt for s in chunk], max_new_tokens=80)
-            for s, r in zip(chunk, replies):
-                ok = normalise(r.text) == normalise(s.answer)
-                score.correct += ok
-                score.total += 1
-                if not ok:
-                    question = " ".join(p["text"] for p in s.prompt[-1]["content"] if p["type"] == "text")
-                    score.mistakes.append((question, s.answer, r.text))
-            bar.update(len(chunk))
-        scores[family] = score
+        samples = eval_samples(family, n, seed, perturbed, colours, include)
+        scores[family] = score_samples(vlm, family, samples, batch_size, bar)
     bar.close()
     return scores
+
+
+def score_samples(vlm, family: str, samples: list[Sample], batch_size: int = 32, bar=None) -> FamilyScore:
+    """Exact match of `vlm`'s greedy answers to the samples' answers."""
+    from ..chat import generate_batch  # chat sits above shapes; import when used
+
+    score = FamilyScore(family, 0, 0)
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i:i + batch_size]
+        replies = generate_batch(vlm, [s.prompt for s in chunk], max_new_tokens=80)
+        for s, r in zip(chunk, replies):
+            ok = normalise(r.text) == normalise(s.answer)
+            score.correct += ok
+            score.total += 1
+            if not ok:
+                question = " ".join(p["text"] for p in s.prompt[-1]["content"] if p["type"] == "text")
+                score.mistakes.append((question, s.answer, r.text))
+        if bar is not None:
+            bar.update(len(chunk))
+    return score
 
 
 def format_scores(scores: dict[str, FamilyScore], bars: dict[str, float] | None = None) -> str:

@@ -87,30 +87,32 @@ def more_shapes(first: Scene, second: Scene) -> str:
 
 
 # --- the question families ----------------------------------------------------------------------
+# Each takes `colours` (the palette, default the six of COLOURS) and `include` (a colour every scene must
+# show, default none): lesson 09 asks the same questions about scenes with pink in them.
 
-def ask_describe(rng, render):
-    s = random_scene(rng)
+def ask_describe(rng, render, colours=None, include=None):
+    s = random_scene(rng, colours=colours, include=include)
     return Sample("describe", [user(render(s, rng), rng.choice(DESCRIBE_QUESTIONS)), assistant(s.describe())],
                   s.describe(), [s])
 
 
-def ask_attribute(rng, render):
-    s = random_scene(rng)
+def ask_attribute(rng, render, colours=None, include=None):
+    s = random_scene(rng, colours=colours, include=include)
     if rng.random() < 0.5:  # colour of a shape
         shape = rng.choice([t.shape for t in s.things] if rng.random() < 0.85 else SHAPES)
-        colours = [t.colour for t in s.things if t.shape == shape]
+        found = [t.colour for t in s.things if t.shape == shape]
         q = rng.choice(("What colour is the {}?", "What color is the {}?")).format(shape)
-        a = join_names(colours) + "." if colours else f"there is no {shape}."
+        a = join_names(found) + "." if found else f"there is no {shape}."
     else:  # shape of a colour
-        colour = rng.choice([t.colour for t in s.things] if rng.random() < 0.85 else list(COLOURS))
+        colour = rng.choice([t.colour for t in s.things] if rng.random() < 0.85 else list(colours or COLOURS))
         shapes = [with_article(t.shape) for t in s.things if t.colour == colour]
         q = rng.choice(("What shape is the {} one?", "What shape is the {} object?")).format(colour)
         a = join_names(shapes) + "." if shapes else f"there is nothing {colour}."
     return Sample("attribute", [user(render(s, rng), q), assistant(a)], a, [s])
 
 
-def ask_count(rng, render):
-    s = random_scene(rng)
+def ask_count(rng, render, colours=None, include=None):
+    s = random_scene(rng, colours=colours, include=include)
     kind = rng.random()
     if kind < 0.4:
         q, n = rng.choice(("How many shapes are there?", "How many objects are there?")), len(s.things)
@@ -118,14 +120,14 @@ def ask_count(rng, render):
         shape = rng.choice(SHAPES)
         q, n = f"How many {shape}s are there?", sum(t.shape == shape for t in s.things)
     else:
-        colour = rng.choice([t.colour for t in s.things] if rng.random() < 0.7 else list(COLOURS))
+        colour = rng.choice([t.colour for t in s.things] if rng.random() < 0.7 else list(colours or COLOURS))
         q, n = f"How many {colour} shapes are there?", sum(t.colour == colour for t in s.things)
     a = NUMBERS[n] + "."
     return Sample("count", [user(render(s, rng), q), assistant(a)], a, [s])
 
 
-def ask_exists(rng, render):
-    s = random_scene(rng)
+def ask_exists(rng, render, colours=None, include=None):
+    s = random_scene(rng, colours=colours, include=include)
     present = rng.random() < 0.5
     kind = rng.random()
     if kind < 0.4:  # a shape
@@ -135,33 +137,33 @@ def ask_exists(rng, render):
         q, yes = f"Is there {with_article(shape)}?", shape in shapes
     elif kind < 0.8:  # a coloured shape
         names = {t.name for t in s.things}
-        pool = sorted(names) if present else sorted({f"{c} {sh}" for c in COLOURS for sh in SHAPES} - names)
+        pool = sorted(names) if present else sorted({f"{c} {sh}" for c in colours or COLOURS for sh in SHAPES} - names)
         name = rng.choice(pool)
         q, yes = f"Is there {with_article(name)}?", name in names
     else:  # a colour
-        colours = {t.colour for t in s.things}
-        pool = sorted(colours) if present else sorted(set(COLOURS) - colours)
+        found = {t.colour for t in s.things}
+        pool = sorted(found) if present else sorted(set(colours or COLOURS) - found)
         colour = rng.choice(pool)
-        q, yes = f"Is there anything {colour}?", colour in colours
+        q, yes = f"Is there anything {colour}?", colour in found
     a = "yes." if yes else "no."
     return Sample("exists", [user(render(s, rng), q), assistant(a)], a, [s])
 
 
-def ask_position(rng, render):
-    s = random_scene(rng)
+def ask_position(rng, render, colours=None, include=None):
+    s = random_scene(rng, colours=colours, include=include)
     if rng.random() < 0.9:
         t = rng.choice(s.things)
         q, a = f"Where is the {t.name}?", f"{t.position}."
     else:
         names = {t.name for t in s.things}
-        name = rng.choice(sorted({f"{c} {sh}" for c in COLOURS for sh in SHAPES} - names))
+        name = rng.choice(sorted({f"{c} {sh}" for c in colours or COLOURS for sh in SHAPES} - names))
         q, a = f"Where is the {name}?", f"there is no {name}."
     return Sample("position", [user(render(s, rng), q), assistant(a)], a, [s])
 
 
-def ask_two_images(rng, render):
-    first = random_scene(rng)
-    second = first if rng.random() < 0.1 else random_scene(rng)
+def ask_two_images(rng, render, colours=None, include=None):
+    first = random_scene(rng, colours=colours, include=include)
+    second = first if rng.random() < 0.1 else random_scene(rng, colours=colours, include=include)
     if rng.random() < 0.5:
         q, a = DIFFERENCE, difference(first, second)
     else:
@@ -170,15 +172,15 @@ def ask_two_images(rng, render):
     return Sample("two_images", msgs, a, [first, second])
 
 
-def ask_multi_turn(rng, render):
-    first, second = random_scene(rng), random_scene(rng)
+def ask_multi_turn(rng, render, colours=None, include=None):
+    first, second = random_scene(rng, colours=colours, include=include), random_scene(rng, colours=colours, include=include)
     msgs = [user(render(first, rng), rng.choice(DESCRIBE_QUESTIONS)), assistant(first.describe()),
             user(FOLLOW_UP, render(second, rng)), assistant(second.describe())]
     return Sample("multi_turn", msgs, second.describe(), [first, second])
 
 
-def ask_description(rng, render):
-    s = random_scene(rng)
+def ask_description(rng, render, colours=None, include=None):
+    s = random_scene(rng, colours=colours, include=include)
     a = detailed_description(s)
     return Sample("description", [user(render(s, rng), rng.choice(DETAIL_QUESTIONS)), assistant(a)], a, [s])
 
@@ -196,12 +198,12 @@ _UNKNOWN_FIXED = ("Tell me a joke.", "What time is it?", "What is two plus two?"
                   "How are you today?", "What is the meaning of life?", "Write some Python code.", "Hello!")
 
 
-def ask_unknown(rng, render, held_out: bool = False):
+def ask_unknown(rng, render, held_out: bool = False, colours=None, include=None):
     if rng.random() < 0.25 and not held_out:
         q = rng.choice(_UNKNOWN_FIXED)
     else:
         q = rng.choice(_UNKNOWN_TEMPLATES).format(rng.choice(_UNKNOWN_HELD_OUT if held_out else _UNKNOWN_FILLERS))
-    s = random_scene(rng)
+    s = random_scene(rng, colours=colours, include=include)
     parts = (render(s, rng), q) if rng.random() < 0.7 else (q,)
     return Sample("unknown", [user(*parts), assistant(UNKNOWN_ANSWER)], UNKNOWN_ANSWER, [s])
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..errors import VLMCourseError
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {
     "red": (220, 30, 30),
@@ -24,6 +26,12 @@ COLOURS = {
     "purple": (140, 50, 180),
     "orange": (245, 130, 20),
 }
+# Colours the renderer can draw but the tiny model never saw in training: lesson 09 teaches it pink.
+# Kept apart from COLOURS, which seeded scenes iterate, so that the base model's data stays the same.
+NEW_COLOURS = {
+    "pink": (245, 110, 185),
+}
+RGB = {**COLOURS, **NEW_COLOURS}
 # Position names of the 3x3 grid cells, indexed [row][column].
 POSITIONS = (
     ("at the top left", "at the top", "at the top right"),
@@ -81,13 +89,23 @@ def join_names(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def random_scene(rng: random.Random | int | None = None, n: int | None = None, tinted: bool = False) -> Scene:
-    """A random scene of `n` (default 1-3) objects; pass an int seed for a reproducible one."""
+def random_scene(rng: random.Random | int | None = None, n: int | None = None, tinted: bool = False,
+                 colours: tuple[str, ...] | None = None, include: str | None = None) -> Scene:
+    """A random scene of `n` (default 1-3) objects; pass an int seed for a reproducible one.
+
+    colours: the palette to draw from (default: the six of COLOURS); include: a colour that at least
+    one object must have (it need not be in `colours`)."""
     seed = rng if isinstance(rng, int) else None
     rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+    palette = check_colours(colours or tuple(COLOURS))
     n = n or rng.randint(1, MAX_OBJECTS)
     cells = rng.sample([(c, r) for r in range(3) for c in range(3)], n)
-    kinds = rng.sample([(s, c) for s in SHAPES for c in COLOURS], n)  # no coloured shape twice
+    kinds = [(s, c) for s in SHAPES for c in palette]  # no coloured shape twice
+    if include is None:
+        kinds = rng.sample(kinds, n)
+    else:
+        first = (rng.choice(SHAPES), check_colours((include,))[0])
+        kinds = [first] + rng.sample([k for k in kinds if k != first], n - 1)
     things = []
     for (col, row), (shape, colour) in zip(cells, kinds):
         radius = rng.uniform(MIN_RADIUS, MAX_RADIUS)
@@ -100,6 +118,14 @@ def random_scene(rng: random.Random | int | None = None, n: int | None = None, t
     if tinted:
         background = tuple(rng.randint(215, 255) for _ in range(3))
     return Scene(tuple(things), background, seed)
+
+
+def check_colours(colours) -> tuple[str, ...]:
+    """The colour names, if the renderer can draw every one of them."""
+    unknown = [c for c in colours if c not in RGB]
+    if unknown:
+        raise VLMCourseError(f"Unknown colour(s) {unknown}: the shapes world draws {', '.join(RGB)}.")
+    return tuple(colours)
 
 
 def draw_scene(scene: Scene, size: int = 128, jitter: float = 0.0, rng: random.Random | None = None,
@@ -115,7 +141,7 @@ def draw_scene(scene: Scene, size: int = 128, jitter: float = 0.0, rng: random.R
     for t in scene.things:
         x = (t.x + rng.uniform(-jitter, jitter)) * size
         y = (t.y + rng.uniform(-jitter, jitter)) * size
-        draw_shape(pen, t.shape, x, y, t.radius * size, COLOURS[t.colour])
+        draw_shape(pen, t.shape, x, y, t.radius * size, RGB[t.colour])
     if blur:
         img = img.filter(ImageFilter.GaussianBlur(blur))
     if jpeg_quality:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..finetune import answer_labels  # noqa: F401  (the one implementation of label masking; re-exported)
 from ..shapes.questions import make_sample, render_training
 from .vision_pretrain import pretrain_vision
 from .build import ARCHITECTURE, build_config, build_model, build_processor, tokenizer_corpus, train_tokenizer
@@ -64,23 +65,6 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
         return cfg.lr
     progress = (step - start) / max(1, cfg.steps - start)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def answer_labels(input_ids: torch.Tensor, assistant_ids: list[int], end_id: int) -> torch.Tensor:
-    """-100 everywhere except the assistant's answers and the <end_of_utterance> closing each one."""
-    labels = torch.full_like(input_ids, -100)
-    k = len(assistant_ids)
-    for row, ids in enumerate(input_ids.tolist()):
-        i = 0
-        while i <= len(ids) - k:
-            if ids[i:i + k] == assistant_ids:
-                j = i + k
-                while j < len(ids) and ids[j] != end_id:
-                    j += 1
-                labels[row, i + k:j + 1] = input_ids[row, i + k:j + 1]
-                i = j
-            i += 1
-    return labels
 
 
 def make_batches(processor, rng: random.Random, batch_size: int, assistant_ids: list[int], end_id: int,
