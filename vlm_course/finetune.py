@@ -242,7 +242,7 @@ class FineTuneConfig:
 
 
 # Peak learning rates: LoRA's small matrices take a large step; full fine-tuning a gentle one.
-LR = {"lora": 1e-3, "qlora": 1e-3, "full": 2e-4}
+LR = {"lora": 7e-4, "qlora": 7e-4, "full": 2e-4}
 
 
 @dataclass
