@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..shapes.questions import render_clean, render_training
+from ..tiny.train import learning_rate, polish_rate  # the same schedules as the tiny Idefics2 (duck-typed on cfg)
 from ..tiny.vision_pretrain import CELL_CLASSES, COLOUR_CLASSES, SHAPE_CLASSES, patch_targets
 from ..shapes.world import Scene, draw_scene, random_scene
 from .build import ARCHITECTURE, build_config, build_model, build_processor, tokenizer_corpus, train_tokenizer
@@ -53,26 +54,6 @@ class TrainConfig:
     checkpoint_every: int = 1_000
     probe: int = 32  # held-out samples a family scored at every checkpoint (0: none)
     architecture: dict = field(default_factory=lambda: ARCHITECTURE)
-
-
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, the peak rate held for a while, then cosine down to min_lr at the last step."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    start = max(cfg.warmup, int(cfg.hold * cfg.steps))
-    if step < start:
-        return cfg.lr
-    progress = (step - start) / max(1, cfg.steps - start)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def polish_rate(step: int, cfg: TrainConfig) -> float:
-    """Stage 2: a short warm-up to polish_lr, then cosine down to min_lr."""
-    warmup = 50
-    if step < warmup:
-        return cfg.polish_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, cfg.polish_steps - warmup)
-    return cfg.min_lr + 0.5 * (cfg.polish_lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def make_batch(processor, tasks) -> dict:
