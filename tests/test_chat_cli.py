@@ -151,14 +151,12 @@ def test_ctrl_c_stops_the_answer_not_the_program(vlm):
             term.expect("model> ")
             term.expect(r"\S")  # the first piece is out: the answer is being generated
             term.send("\x03")  # Ctrl-C, as the terminal sends it: SIGINT to the program
-            # Either the answer was stopped, or it had ended and Ctrl-C met the prompt (which says so), or,
-            # seen once in a full CI-style run on a loaded machine, the answer ran to its end and no Ctrl-C
-            # outcome showed at all (cause not found; the next try is a fresh chance to stop an answer).
-            done = term.expect(r"(\[stopped\]|Ctrl-D or /quit leaves\])?\nyou> ")
-            if done.group(1) == "[stopped]":
+            # Either the answer was stopped, or it had ended and Ctrl-C met the prompt (which says so).
+            done = term.expect(r"(\[stopped\]|Ctrl-D or /quit leaves\])\nyou> ")
+            if "[stopped]" in done.group(0):
                 stopped = True
                 break
-        assert stopped, "no answer was stopped by Ctrl-C in 5 tries"
+        assert stopped, "no answer was still running when Ctrl-C arrived in 5 tries"
         term.send("/usage\r")
         term.expect(r"\(1 stopped\).*?you> ")  # the prompt is printed by input() itself: it is reading now
         for attempt in range(3):  # at the prompt: a hint, and the program goes on
