@@ -18,6 +18,7 @@ program; Ctrl-D or /quit leaves.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any, Optional, TextIO
 
@@ -194,6 +195,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except VLMCourseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # Ctrl-C is this program's stop key: take it even when the launcher ignored SIGINT (a process started in
+    # the background by a non-interactive shell, nohup, some CI runners), which the child would inherit.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     session = TerminalChat(vlm, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     for src, image in images:
         session.pending.append(image)
