@@ -226,8 +226,8 @@ class _Deadline:
         return left
 
 
-class _DeadlineSocket(socket.socket):
-    """A socket whose every read and write gets only the time left before the fetch's deadline."""
+class _DeadlineIO:
+    """Every read and write gets only the time left before the fetch's deadline (mixed into both sockets)."""
 
     deadline: _Deadline
 
@@ -247,27 +247,16 @@ class _DeadlineSocket(socket.socket):
         return super().sendall(*args, **kwargs)
 
 
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    deadline: _Deadline
+class _DeadlineSocket(_DeadlineIO, socket.socket):
+    """A plain TCP socket under the fetch's deadline."""
 
-    def _arm(self):
-        self.settimeout(self.deadline.left())
 
-    def recv_into(self, *args, **kwargs):
-        self._arm()
-        return super().recv_into(*args, **kwargs)
-
-    def recv(self, *args, **kwargs):
-        self._arm()
-        return super().recv(*args, **kwargs)
+class _DeadlineSSLSocket(_DeadlineIO, ssl.SSLSocket):
+    """A TLS socket under the fetch's deadline (TLS reads also go through read())."""
 
     def read(self, *args, **kwargs):
         self._arm()
         return super().read(*args, **kwargs)
-
-    def sendall(self, *args, **kwargs):
-        self._arm()
-        return super().sendall(*args, **kwargs)
 
 
 def open_connection(ip: str, port: int, family: int, deadline: _Deadline) -> socket.socket:
