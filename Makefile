@@ -12,7 +12,7 @@ PYTHON     ?= python3
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS     ?= course,dev,quant,widgets,serve,ray
+EXTRAS     ?= course,dev
 STAMP      := $(VENV)/.vlm-course-installed
 NOTEBOOKS  := $(sort $(wildcard notebooks/*.ipynb))
 NB_TIMEOUT ?= 900

@@ -203,8 +203,8 @@ def check_environment(pp: dict, env: dict) -> list[str]:
     editable = [ln for ln in entries["pip_raw"] if re.match(r"^-e\s+\.(\[|$)", ln.strip())]
     if not editable:
         problems.append("environment.yml does not install the package itself (-e .[...])")
-    elif not {"course", "widgets"} <= set(re.findall(r"[\w-]+", editable[0].split("[", 1)[-1])):
-        problems.append("environment.yml installs the package without the course and widgets extras")
+    elif "course" not in set(re.findall(r"[\w-]+", editable[0].split("[", 1)[-1])):
+        problems.append("environment.yml installs the package without the course extra")
     problems += check_mirror(pp, entries["conda"] + entries["pip"], "environment.yml")
     return problems
 
@@ -274,6 +274,11 @@ def test_readme_quickstart_matches_makefile():
     for target in ("lab", "test", "course", "bench", "venv"):
         assert target in targets, f"Makefile lacks the {target} target"
     assert "make lab" in readme and "make test" in readme
+    # The README's "without make" line installs the same extra as make lab, binder/ and environment.yml.
+    pip_lines = [ln for ln in readme.splitlines() if re.search(r"pip install -e '?\.\[", ln)]
+    assert pip_lines and all(re.search(r"\.\[[^\]]*\bcourse\b", ln) for ln in pip_lines), pip_lines
+    extras = re.search(r"^EXTRAS\s*\?=\s*(\S+)", makefile, flags=re.M)
+    assert extras and "course" in extras.group(1).split(","), "make lab must install the course extra"
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^\s*make test\b", ci, flags=re.M), ".ci/run must run the README's test command"
 
@@ -338,3 +343,190 @@ def test_checks_catch_a_drifted_binder():
 )
 def test_parse_pip_line(line, expected):
     assert parse_pip_line(line) == expected
+
+
+# --------------------------------------------------------------------------- the course extra covers the notebooks
+# A learner installs `vlm-course[course]` (make lab, the README's pip line, binder/, environment.yml) and runs
+# any notebook. So every module a notebook imports, and every module the package imports for it (at the top of
+# a module or lazily inside a function, and the optional backends it looks up with find_spec), must come from
+# the core dependencies or the course extra, directly or through their own dependencies.
+
+NOTEBOOKS = ROOT / "notebooks"
+PACKAGE = ROOT / "vlm_course"
+# Optional on purpose: imported only where it exists, never needed on the course's CPU path.
+NOT_FOR_THE_COURSE = {
+    "flash_attn",  # flash_attention_2 on a CUDA GPU (vlm_course.fit checks for it)
+    "tomli",  # Python 3.10's tomllib
+    "readline",  # line editing in `vlm-course chat`, where the platform has it (stdlib on Unix)
+}
+
+
+def _imports_of(source: str) -> set[str]:
+    """Absolute module names a piece of Python imports (`import x.y` -> x.y, `from x import y` -> x and x.y),
+    plus the names it looks up with importlib.util.find_spec("...")."""
+    import ast
+
+    # IPython magics and shell lines are not Python; drop them before parsing.
+    source = "\n".join(ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!")))
+    tree = ast.parse(source)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "find_spec"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names.add(node.args[0].value)
+    return names
+
+
+def _package_imports_of(source_file: Path, module: str) -> set[str]:
+    """Like _imports_of for a module of the package, with its relative imports made absolute."""
+    import ast
+
+    tree = ast.parse(source_file.read_text())
+    package = module if source_file.name == "__init__.py" else module.rsplit(".", 1)[0]
+    names = _imports_of(source_file.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")
+            base = base[: len(base) - (node.level - 1)]
+            prefix = ".".join(base + ([node.module] if node.module else []))
+            names.add(prefix)
+            names |= {f"{prefix}.{alias.name}" for alias in node.names}
+    return names
+
+
+def _module_file(module: str) -> Path | None:
+    parts = module.split(".")
+    path = ROOT.joinpath(*parts)
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def notebook_imports(notebook: Path) -> set[str]:
+    """Every module the code cells of `notebook` import."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    return set().union(*(_imports_of(c.source) for c in nb.cells if c.cell_type == "code"))
+
+
+def third_party_needs(names: set[str]) -> dict[str, str]:
+    """{top-level third-party module: who imports it} for `names`, following vlm_course's own modules (and
+    their lazy imports) all the way down."""
+    needs: dict[str, str] = {}
+    seen: set[str] = set()
+    todo = [(name, "the notebook") for name in names]
+    while todo:
+        name, by = todo.pop()
+        top = name.split(".")[0]
+        if top == "vlm_course":
+            if name in seen:
+                continue
+            seen.add(name)
+            path = _module_file(name)
+            if path is not None:  # a module (else an attribute, e.g. `from vlm_course.chat import generate`)
+                todo += [(n, name) for n in _package_imports_of(path, name)]
+                parent = name.rsplit(".", 1)[0]
+                if parent != name:
+                    todo.append((parent, name))  # importing a.b runs a/__init__.py first
+        elif top not in sys.stdlib_module_names and top not in NOT_FOR_THE_COURSE and top != "__future__":
+            needs.setdefault(top, by)
+    return needs
+
+
+def course_closure(pp: dict) -> set[str]:
+    """Normalised names of every distribution `pip install vlm-course[course]` brings: core and course
+    requirements, then their requirements (with the extras asked for), read from the installed metadata."""
+    from importlib import metadata
+
+    groups = pyproject_requirements(pp)
+    todo = groups["core"] + groups["course"]
+    done: set[tuple[str, frozenset]] = set()
+    while todo:
+        req = todo.pop()
+        name, extras = norm(req.name), frozenset(req.extras)
+        if name == "vlm-course":  # a self-reference such as vlm-course[quant]
+            todo += [r for e in extras for r in groups.get(e, [])]
+            continue
+        if (name, extras) in done:
+            continue
+        done.add((name, extras))
+        try:
+            requires = metadata.requires(req.name) or []
+        except metadata.PackageNotFoundError:
+            continue  # not installed here: check_course_covers says so for the modules it would provide
+        for line in requires:
+            sub = Requirement(line)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras | {""}):
+                todo.append(sub)
+    return {name for name, _ in done}
+
+
+def check_course_covers(pp: dict, needs: dict[str, dict[str, str]]) -> list[str]:
+    """Problems: a module some notebook needs that no distribution of the course extra's closure provides.
+
+    needs: {notebook name: {module: who imports it}}.
+    """
+    from importlib import metadata
+
+    provided = metadata.packages_distributions()
+    closure = course_closure(pp)
+    problems = []
+    for notebook, modules in sorted(needs.items()):
+        for module, by in sorted(modules.items()):
+            dists = {norm(d) for d in provided.get(module, [])}
+            if not dists:
+                problems.append(f"{notebook}: {module} (imported by {by}) is not installed here, so no "
+                                "distribution can be matched to it; install the course extra and re-run")
+            elif not dists & closure:
+                problems.append(f"{notebook}: {module} (imported by {by}) comes from {sorted(dists)}, which "
+                                "the core dependencies and the course extra do not install")
+    return problems
+
+
+def all_notebook_needs() -> dict[str, dict[str, str]]:
+    notebooks = sorted(NOTEBOOKS.glob("*.ipynb"))
+    assert notebooks, f"no notebooks under {NOTEBOOKS}"
+    return {nb.name: third_party_needs(notebook_imports(nb)) for nb in notebooks}
+
+
+def test_course_extra_installs_every_notebook_import():
+    needs = all_notebook_needs()
+    # The reading can fail too: these are imported by the lessons (07 the openai client, 05 the quant
+    # backends through load_vlm(quant=...), 09 peft, 06 ipywidgets).
+    assert {"openai", "fastapi", "uvicorn"} <= set(needs["07_serving.ipynb"])
+    assert {"bitsandbytes", "optimum", "torchao"} <= set(needs["05_quantization_memory.ipynb"])
+    assert "peft" in needs["09_fine_tuning.ipynb"] and "ipywidgets" in needs["06_image_qa_app.ipynb"]
+    assert check_course_covers(load_pyproject(), needs) == []
+
+
+def test_course_extra_includes_the_lesson_extras():
+    """quant (05), widgets (06), serve and ray (07, 08) are all in course: one install story."""
+    groups = pyproject_requirements(load_pyproject())
+    course = {norm(r.name) for r in groups["course"]}
+    for extra in ("quant", "widgets", "serve", "ray"):
+        missing_here = {norm(r.name) for r in groups[extra]} - course
+        assert not missing_here, f"the course extra lacks {sorted(missing_here)} from the {extra} extra"
+
+
+def test_course_check_catches_a_missing_package():
+    pp = copy.deepcopy(load_pyproject())
+    course = pp["project"]["optional-dependencies"]["course"]
+    course[:] = [r for r in course if norm(Requirement(r).name) not in ("openai", "peft")]
+    found = "\n".join(check_course_covers(pp, all_notebook_needs()))
+    assert "07_serving.ipynb: openai" in found and "09_fine_tuning.ipynb: peft" in found
+    assert "06_image_qa_app.ipynb: ipywidgets" not in found
+
+
+def test_notebook_import_reader():
+    source = "%matplotlib inline\nimport os, PIL.Image\nfrom vlm_course.chat import generate\n" \
+             "def f():\n    import openai\nimportlib.util.find_spec('ray')\n!pip install x\n"
+    assert _imports_of(source) == {"os", "PIL.Image", "vlm_course.chat", "vlm_course.chat.generate", "openai", "ray"}
+    needs = third_party_needs({"vlm_course.widgets", "os", "PIL.Image"})
+    assert needs["ipywidgets"] == "vlm_course.widgets" and needs["PIL"] == "the notebook" and "os" not in needs

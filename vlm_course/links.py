@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BRANCH = "main"
-EXTRAS = "course,widgets,serve,quant"  # what the notebooks import beyond the core (not ray: heavy on Colab)
+EXTRAS = "course"  # the one extra with everything the notebooks import (pyproject.toml; Ray included)
 
 
 def repository_url() -> str:
