@@ -10,4 +10,10 @@ quantization, serving and widget libraries) are imported by the submodules that 
 
 __version__ = "0.1.0"
 
+# Before any submodule imports torchao or bitsandbytes: drop their few import-time log lines that say
+# nothing to a learner (each one and why: vlm_course/quiet.py). Imports only `logging`.
+from .quiet import silence_library_noise as _silence_library_noise  # noqa: E402
+
+_silence_library_noise()
+
 __all__ = ["__version__"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BackendError, ModelNotFoundError, missing_extra
+from .quiet import short_bars
 
 TINY_MODEL_DIR = Path(__file__).parent / "tiny" / "model"
 TINY_BLIP2_DIR = Path(__file__).parent / "tiny_blip2" / "model"
@@ -279,7 +280,7 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
     kwargs = from_pretrained_kwargs(dev, torch_dtype, attn_impl, quant_config)
     try:
         processor = AutoProcessor.from_pretrained(model_id)
-        with _torchao_quiet():
+        with _torchao_quiet(), short_bars():  # no "Loading weights" bar for a load under a second
             model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
     except OSError as e:
         raise ModelNotFoundError(f"Could not load {model_id!r}: {e}") from None
