@@ -2,11 +2,18 @@
 
 Voila runs a one-cell notebook (written to a temporary folder) on 127.0.0.1 with this venv's
 Python as its kernel; Playwright's Python package drives /usr/bin/chromium (no `playwright
-install`). The test draws a scene with a known seed, asks "What do we see in this image?", waits
-for the streamed answer and compares it with the scene's true answer; asks a follow-up about a
-second scene; clears, uploads a PNG of a third scene through the file chooser and asks about it;
-tries an empty question and a failing URL and sees the messages; and saves screenshots to
-test-output/browser/ (image_qa_app_conversation.png after the follow-up, image_qa_app.png at the end).
+install`). The test sees the empty preview say "No image yet" (no broken-image icon, no "null"
+tooltip); draws a scene with a known seed, asks "What do we see in this image?" with the Ask button,
+waits for the streamed answer and compares it with the scene's true answer; asks a follow-up about a
+second scene by pressing Enter in the question box; clears, uploads a PNG of a third scene through the
+file chooser and asks about it; tries an empty question and a failing URL and sees the messages; and
+saves screenshots to test-output/browser/ (image_qa_app_empty.png before any image,
+image_qa_app_conversation.png after the follow-up, image_qa_app.png at the end).
+
+The README's picture of the app, docs/app.png, is the app after the follow-up (two real answers),
+written by this test when VLM_COURSE_APP_SCREENSHOT names the file:
+
+    HF_HUB_OFFLINE=1 VLM_COURSE_APP_SCREENSHOT=docs/app.png .venv/bin/python -m pytest tests/test_browser.py
 
 Without chromium the test skips with how to install it, except in CI (CI=true), where it fails.
 """
@@ -36,6 +43,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run"]
 FIRST_SEED = 7
+# Where to save the picture of the app for the README (unset: only test-output/browser/); under this size.
+APP_SCREENSHOT = os.environ.get("VLM_COURSE_APP_SCREENSHOT")
+MAX_SCREENSHOT_BYTES = 150_000
 QUESTION = "What do we see in this image?"
 FOLLOW_UP = "And how about this image?"
 APP_NOTEBOOK = '''\
@@ -174,10 +184,21 @@ def test_image_qa_app_in_chromium(browser_present, voila_app, tmp_path):
             answers = page.locator(ANSWERS)
             expect(page.locator(".vlm-model")).to_contain_text("Device")
 
+            # Before any image: a box says so, the (empty) image is not drawn, and no tooltip reads "null".
+            expect(page.locator(".vlm-preview-empty")).to_contain_text("No image yet")
+            expect(page.locator("img.vlm-preview")).to_be_hidden()
+            page.locator(".vlm-app").screenshot(path=str(OUTPUT / "image_qa_app_empty.png"))
+            nulls = page.locator('[title="null"]').evaluate_all("els => els.map(e => e.className)")
+            assert nulls == [], f"elements whose tooltip reads null: {nulls}"
+            expect(page.locator(".vlm-upload")).to_have_attribute("title", "Upload an image file (PNG, JPEG, ...) "
+                                                                           "from your computer")
+
             # Draw the scene with the app's first seed, ask via the suggested question, wait for the answer.
             expect(page.locator(".vlm-seed input")).to_have_value(str(FIRST_SEED))
             page.locator(".vlm-draw").click()
             expect(page.locator(".vlm-caption")).to_contain_text(f"seed {FIRST_SEED}")
+            expect(page.locator("img.vlm-preview")).to_be_visible()
+            expect(page.locator(".vlm-preview-empty")).to_be_hidden()
             assert page.locator("img.vlm-preview").get_attribute("src")  # the drawing is shown
             page.locator(".vlm-suggestion", has_text=QUESTION).click()
             expect(page.locator(".vlm-question input")).to_have_value(QUESTION)
@@ -185,16 +206,21 @@ def test_image_qa_app_in_chromium(browser_present, voila_app, tmp_path):
             wait_for_answer(page, 1)
             first_answer = answers.nth(0).inner_text().strip()
 
-            # A follow-up about a second scene (the Seed box moved on to the next seed).
+            # A follow-up about a second scene (the Seed box moved on to the next seed), asked with Enter.
             expect(page.locator(".vlm-seed input")).to_have_value(str(FIRST_SEED + 1))
             page.locator(".vlm-draw").click()
             expect(page.locator(".vlm-caption")).to_contain_text(f"seed {FIRST_SEED + 1}")
             page.locator(".vlm-question input").fill(FOLLOW_UP)
-            page.locator(".vlm-ask").click()
+            page.locator(".vlm-question input").press("Enter")
             wait_for_answer(page, 2)
             expect(page.locator(".vlm-history .vlm-user")).to_have_count(2)
+            expect(page.locator(".vlm-question input")).to_have_value("")  # the question went, as with Ask
             second_answer = answers.nth(1).inner_text().strip()
             page.screenshot(path=str(OUTPUT / "image_qa_app_conversation.png"), full_page=True)
+            if APP_SCREENSHOT:  # the README's picture: the app alone, two real answers in its conversation
+                page.locator(".vlm-app").screenshot(path=APP_SCREENSHOT)
+                size = Path(APP_SCREENSHOT).stat().st_size
+                assert size < MAX_SCREENSHOT_BYTES, f"{APP_SCREENSHOT} is {size:,} bytes, over {MAX_SCREENSHOT_BYTES:,}"
 
             # Clear, then a real upload through the file chooser: a PNG of a third scene, in a new conversation.
             page.locator(".vlm-clear").click()
@@ -214,6 +240,7 @@ def test_image_qa_app_in_chromium(browser_present, voila_app, tmp_path):
             page.locator(".vlm-url input").fill(f"http://127.0.0.1:{free_port()}/missing.png")
             page.locator(".vlm-load-url").click()
             expect(page.locator(".vlm-message")).to_contain_text("Could not download")
+            expect(page.locator(".vlm-message")).to_contain_text("In this app you can upload an image file")
             expect(page.locator(".vlm-caption")).to_contain_text("Uploaded third_scene.png")  # the image stays
             expect(answers).to_have_count(1)
             assert "Traceback" not in page.locator(".vlm-app").inner_text()

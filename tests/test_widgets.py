@@ -146,6 +146,43 @@ def test_settings_reach_generation(app, vlm):
     assert app.status.value.startswith("Done: 2 tokens")
 
 
+def assert_says_what_the_app_takes(error: str) -> None:
+    """A URL error names what the app can take, and no advice it cannot follow (a path, a data URI, ...)."""
+    assert "upload" in error.lower() and "http(s)" in error and "random scene" in error, error
+    for advice in ("local path", "send the image", "as a data URI", "raise the timeout", "operator"):
+        assert advice not in error, (advice, error)
+
+
+def test_enter_in_the_question_box_asks(app, vlm):
+    app.draw_scene(23)
+    app.question.value = DESCRIBE
+    # What the browser sends the Text widget when Enter is pressed in it (the browser test presses the key).
+    app.question._handle_custom_msg({"event": "submit"}, [])
+    assert app.wait(60) and roles(app) == ["user", "assistant"]
+    assert app.answer == generate(vlm, app.history[:1], max_new_tokens=64).text  # asked with the scene
+    assert app.question.value == ""
+    app.question._handle_custom_msg({"event": "submit"}, [])  # Enter in an empty box: a message, no turn
+    assert "Type a question first" in app.error and len(app.history) == 2
+
+
+def test_the_preview_says_no_image_yet_until_there_is_one(app):
+    # An empty Image widget is a broken-image icon in the browser: hidden, with a box that says why.
+    assert app.preview.layout.display == "none" and app.empty_preview.layout.display != "none"
+    assert "No image yet" in app.empty_preview.value and bytes(app.preview.value) == b""
+    assert app.upload.tooltip and app.upload.tooltip != "null"
+    app.draw_scene(3)
+    assert app.preview.layout.display != "none" and app.empty_preview.layout.display == "none"
+    assert bytes(app.preview.value).startswith(b"\x89PNG")
+
+
+def test_url_errors_say_what_the_app_can_take(app):
+    for url in ["", "file:///tmp/cat.png", "ftp://example.org/cat.png", "/home/me/cat.png", "https://",
+                f"http://127.0.0.1:{closed_port()}/cat.png", "http://user:pw@127.0.0.1/cat.png"]:
+        assert not app.load_url(url)
+        assert_says_what_the_app_takes(app.error)
+    assert app.image is None and app.empty_preview.layout.display != "none"
+
+
 def test_bad_input_shows_a_message_and_the_app_keeps_working(app, image_server, vlm):
     # Nothing to ask about yet.
     app.ask(DESCRIBE)
@@ -164,6 +201,7 @@ def test_bad_input_shows_a_message_and_the_app_keeps_working(app, image_server, 
         app.url.value = url
         app.load_url_button.click()
         assert words in app.error, (url, app.error)
+        assert_says_what_the_app_takes(app.error)
         assert "color:#b00020" in app.message.value and "Traceback" not in app.message.value
         assert app.preview.value == before and app.scene == random_scene(61)  # the old image stays
     # An upload that is not an image.

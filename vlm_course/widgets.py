@@ -4,8 +4,8 @@
     app = image_qa_app()          # loads the default model (the bundled tiny Idefics2)
     app                           # the last expression of a cell displays the app
 
-Pick an image (upload, URL, or a random scene from the shapes world), ask a question, and the
-answer streams in while the model writes it. The conversation is kept, so follow-up questions
+Pick an image (upload, URL, or a random scene from the shapes world), ask a question (Ask, or
+Enter in the question box), and the answer streams in while the model writes it. The conversation is kept, so follow-up questions
 see the earlier turns; a new image goes with the next question (the way the tiny model was
 trained: "And how about this image?"). Clear starts over.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import html
 import io
 import random
+import re
 import threading
 import time
 from typing import Any
@@ -39,6 +40,29 @@ SUGGESTED_QUESTIONS = (
 PREVIEW_SIZE = 256  # pixels; the model gets the image as loaded, the preview is only for people
 THUMBNAIL_SIZE = 64
 UPDATES_PER_SECOND = 20  # at most this many redraws of a streaming answer (each is a message to the browser)
+# What a person can do in the app when an image will not load (load_image's own advice is for Python callers).
+WHAT_THE_APP_TAKES = ("In this app you can upload an image file, paste a public http(s) image URL, "
+                      "or draw a random scene.")
+# Advice in load_image / fetch messages that the app cannot follow: a path, a data URI, a longer timeout, the
+# server operator's settings. Removed from the messages the app shows, which end with WHAT_THE_APP_TAKES instead.
+_ADVICE_FOR_CALLERS = [
+    r",? or download the file and pass its local path\.?",
+    r" ?Pass the local path itself[^.]*\([^)]*\)\.?",
+    r",? or send the image itself",
+    r" ?Send the image as a data URI instead\.",
+    r" raise the timeout,",
+    r" \(an operator can allow private addresses\)",
+]
+
+
+def for_the_app(message: str) -> str:
+    """An image error as the app shows it: what went wrong, then what the app itself can take."""
+    for pattern in _ADVICE_FOR_CALLERS:
+        message = re.sub(pattern, "", message)
+    message = message.strip()
+    if message and message[-1] not in ".!?":
+        message += "."
+    return f"{message} {WHAT_THE_APP_TAKES}"
 
 
 def _widgets():
@@ -57,6 +81,20 @@ def _png(image, max_side: int) -> bytes:
     buf = io.BytesIO()
     copy.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _no_null_tooltips(root) -> None:
+    """Give every widget under `root` whose tooltip is unset the empty tooltip.
+
+    ipywidgets 8 leaves `tooltip` None and its browser side writes that into the label's title, so hovering
+    "Seed" or "Temperature" shows a tooltip reading "null"; an empty title shows none.
+    """
+    todo = [root]
+    while todo:
+        widget = todo.pop()
+        if widget.has_trait("tooltip") and widget.tooltip is None:
+            widget.tooltip = ""
+        todo += list(getattr(widget, "children", ()))
 
 
 class ImageQAApp:
@@ -84,16 +122,24 @@ class ImageQAApp:
         self._lock = threading.Lock()
 
         # --- image: upload, URL, random scene; preview -------------------------------------------
-        self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload")
+        # a tooltip of its own: ipywidgets leaves it None, which the browser shows as "null" (_no_null_tooltips)
+        self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload",
+                                   tooltip="Upload an image file (PNG, JPEG, ...) from your computer")
         self.url = w.Text(placeholder="https://example.com/picture.png", layout=w.Layout(width="100%"))
         self.load_url_button = w.Button(description="Load URL", icon="link")
         self.seed = w.IntText(value=random.randrange(10_000) if seed is None else seed, description="Seed",
                               style={"description_width": "36px"}, layout=w.Layout(width="120px"))
         self.draw_button = w.Button(description="Draw a random scene", icon="random",
                                     layout=w.Layout(width="auto"))
+        # The Image widget stays hidden until there is an image (empty, a browser draws a broken-image icon);
+        # until then a box says so.
         self.preview = w.Image(format="png", layout=w.Layout(border="1px solid #ccc", min_height="40px",
-                                                              max_width=f"{PREVIEW_SIZE + 2}px"))
-        self._caption = "<i>No image yet: upload one, load a URL, or draw a random scene.</i>"
+                                                              max_width=f"{PREVIEW_SIZE + 2}px", display="none"))
+        self.empty_preview = w.HTML(
+            '<div style="display:flex;align-items:center;justify-content:center;height:100%;color:#888">'
+            "No image yet</div>",
+            layout=w.Layout(width=f"{PREVIEW_SIZE}px", height="120px", border="1px dashed #bbb"))
+        self._caption = "<i>Upload one, load a URL, or draw a random scene.</i>"
         self.caption = w.HTML(self._caption)
 
         # --- conversation -----------------------------------------------------------------------
@@ -124,6 +170,7 @@ class ImageQAApp:
 
         for widget, name in [(self.upload, "upload"), (self.url, "url"), (self.load_url_button, "load-url"),
                              (self.seed, "seed"), (self.draw_button, "draw"), (self.preview, "preview"),
+                             (self.empty_preview, "preview-empty"),
                              (self.caption, "caption"), (self.transcript, "history"), (self.question, "question"),
                              (self.ask_button, "ask"), (self.stop_button, "stop"), (self.clear_button, "clear"),
                              (self.status, "status"), (self.message, "message"), (self.max_new_tokens, "max-tokens"),
@@ -137,7 +184,7 @@ class ImageQAApp:
             w.HTML("<b>Image</b>"), self.upload,
             w.HBox([self.url, self.load_url_button]),
             w.HBox([self.seed, self.draw_button]),
-            self.preview, self.caption,
+            self.empty_preview, self.preview, self.caption,
         ], layout=w.Layout(width="340px", margin="0 16px 0 0"))
         chat_column = w.VBox([
             w.HTML("<b>Conversation</b>"), self.transcript,
@@ -149,6 +196,7 @@ class ImageQAApp:
         self.widget = w.VBox([self.model_info, w.HBox([image_column, chat_column],
                                                       layout=w.Layout(flex_flow="row wrap"))])
         self.widget.add_class("vlm-app")
+        _no_null_tooltips(self.widget)
 
         self.upload.observe(self._on_upload, names="value")
         self.load_url_button.on_click(lambda _: self.load_url())
@@ -156,6 +204,10 @@ class ImageQAApp:
         for button in self.suggestions:
             button.on_click(self._on_suggestion)
         self.ask_button.on_click(lambda _: self.ask())
+        # Enter in the question box: the browser sends the Text widget a {"event": "submit"} message. Read here
+        # rather than through Text.on_submit, which ipywidgets 8 deprecates (its replacement, observing the
+        # value with continuous_update=False, also fires when the box merely loses focus).
+        self.question.on_msg(self._on_question_message)
         self.stop_button.on_click(lambda _: self.stop())
         self.clear_button.on_click(lambda _: self.clear())
         self._render()
@@ -188,13 +240,14 @@ class ImageQAApp:
         try:
             image = load_image(source)
         except VLMCourseError as e:
-            self._say(str(e), error=True)
+            self._say(for_the_app(str(e)), error=True)
             return False
         except Exception as e:  # an app keeps working: report, never raise into the kernel's loop
-            self._say(f"Could not load that image: {type(e).__name__}: {e}", error=True)
+            self._say(for_the_app(f"Could not load that image: {type(e).__name__}: {e}"), error=True)
             return False
         self.image, self.scene, self._image_sent = image, scene, False
         self.preview.value = _png(image, PREVIEW_SIZE)
+        self.preview.layout.display, self.empty_preview.layout.display = None, "none"
         self._caption = f"{html.escape(caption)} &middot; {image.width}&times;{image.height} px."
         self._show_caption()
         self._say("")
@@ -218,11 +271,12 @@ class ImageQAApp:
         """Load the image at `url` (default: the URL box)."""
         url = (self.url.value if url is None else url).strip()
         if not url:
-            self._say("Type an image URL (http:// or https://) first.", error=True)
+            self._say("The URL box is empty: paste a public http(s) image URL, upload an image file, or draw a random "
+                      "scene.", error=True)
             return False
         if not url.lower().startswith(("http://", "https://", "data:image/")):
-            self._say(f"{url!r} is not a web address: give an http:// or https:// URL "
-                      "(to use a file on your computer, upload it).", error=True)
+            self._say(f"{url[:80]!r} is not a web address. For a file on your computer, use Upload; "
+                      "else paste a public http(s) image URL, or draw a random scene.", error=True)
             return False
         return self.set_image(url, f"From {url[:60]}")
 
@@ -237,6 +291,10 @@ class ImageQAApp:
     @property
     def busy(self) -> bool:
         return self._worker is not None and self._worker.is_alive()
+
+    def _on_question_message(self, _widget, content, _buffers) -> None:
+        if isinstance(content, dict) and content.get("event") == "submit":
+            self.ask()
 
     def _on_suggestion(self, button) -> None:
         self.question.value = button.description
