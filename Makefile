@@ -5,8 +5,9 @@
 #   make bench   run the benchmarks (vlm-course bench)
 #
 # Needs Python 3.10+ with venv and pip. torch is installed first, from TORCH_SPEC (a CPU build
-# here); override it for another build, e.g. `make venv TORCH_SPEC='torch==2.13.0'` with your
-# own pip index settings. torch is left alone if the venv can already import it.
+# here); override it for another build, e.g. the CPU-only one on Linux (PyPI's default carries CUDA):
+# `PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make venv TORCH_SPEC='torch==2.13.0+cpu'`.
+# torch is left alone if the venv can already import it.
 
 PYTHON     ?= python3
 VENV       ?= .venv
