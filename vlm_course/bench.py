@@ -377,14 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="examples:\n  vlm-course bench --suite quant\n"
                                        "  vlm-course bench --configs fp32,bf16+sdpa,bnb-4bit --n 50\n"
                                        "  vlm-course bench --suite chat --repeats 5\n"
+                                       "  vlm-course bench --suite notebooks --notebooks 05,07\n"
                                        "  vlm-course bench --config idefics2-8b --random-weights --configs bf16,bnb-4bit"
                                        "   (on a GPU)")
     p.add_argument("--model", default=None, help="hub id or directory (default: $VLM_COURSE_MODEL or the tiny model)")
     p.add_argument("--config", default=None, help="with --random-weights: 'tiny', 'idefics2-8b' or a config path")
     p.add_argument("--random-weights", action="store_true", help="build --config with random weights (no download)")
-    p.add_argument("--suite", default="quant", choices=["quant", "attention", "all", "chat", "gpu"],
+    p.add_argument("--suite", default="quant", choices=["quant", "attention", "all", "chat", "gpu", "notebooks"],
                    help="chat: generate_batch vs sequential generate, and stream vs generate (lessons 02-03); "
-                        "gpu: idefics2-8b at real size with random weights (vlm_course/gpu_check.py)")
+                        "gpu: idefics2-8b at real size with random weights (vlm_course/gpu_check.py); "
+                        "notebooks: each notebook's peak memory, its whole process tree (vlm_course/notebook_memory.py)")
+    p.add_argument("--notebooks", default=None, help="with --suite notebooks: numbers or paths, e.g. 05,07 (default: all)")
+    p.add_argument("--limit-gb", type=float, default=2.0,
+                   help="with --suite notebooks: the memory a notebook's process tree must stay under (Binder: 2)")
     p.add_argument("--size", default="real", choices=["real", "small"],
                    help="with --suite gpu: 'small' runs the same check on the small test model (any machine)")
     p.add_argument("--configs", default=None, help="comma-separated specs, e.g. fp32,bf16+sdpa,bnb-4bit (overrides --suite)")
@@ -421,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run_cli(args) -> int:
     if args.suite == "chat" and not args.configs:
         return _run_chat(args)
+    if args.suite == "notebooks" and not args.configs:
+        from .notebook_memory import run_cli
+
+        return run_cli(args.notebooks, args.model, args.out, args.name, timeout=900, limit_bytes=int(args.limit_gb * 1e9))
     if args.suite == "gpu":
         from .gpu_check import format_report, run_gpu_check
 
