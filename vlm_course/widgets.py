@@ -139,13 +139,13 @@ class ImageQAApp:
             '<div style="display:flex;align-items:center;justify-content:center;height:100%;color:#888">'
             "No image yet</div>",
             layout=w.Layout(width=f"{PREVIEW_SIZE}px", height="120px", border="1px dashed #bbb"))
-        self._caption = "<i>Upload one, load a URL, or draw a random scene.</i>"
+        self._caption = "<i>Upload an image, load a URL, or draw a random scene.</i>"
         self.caption = w.HTML(self._caption)
 
         # --- conversation -----------------------------------------------------------------------
         self.transcript = w.HTML(layout=w.Layout(max_height="360px", overflow="auto", border="1px solid #ddd",
                                                  padding="4px", min_height="80px"))
-        self.question = w.Text(placeholder="Ask a question about the image", layout=w.Layout(width="100%"))
+        self.question = w.Text(placeholder="Ask a question about the image (Enter asks)", layout=w.Layout(width="auto"))
         self.suggestions = [w.Button(description=q, layout=w.Layout(width="auto"), tooltip="Use this question")
                             for q in SUGGESTED_QUESTIONS]
         self.ask_button = w.Button(description="Ask", button_style="primary", icon="paper-plane")
@@ -194,7 +194,8 @@ class ImageQAApp:
             self.status, self.message, settings,
         ], layout=w.Layout(flex="1 1 400px", min_width="300px"))
         self.widget = w.VBox([self.model_info, w.HBox([image_column, chat_column],
-                                                      layout=w.Layout(flex_flow="row wrap"))])
+                                                      layout=w.Layout(flex_flow="row wrap"))],
+                             layout=w.Layout(padding="6px"))
         self.widget.add_class("vlm-app")
         _no_null_tooltips(self.widget)
 
