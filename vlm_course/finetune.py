@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .errors import VLMCourseError
+from .quiet import short_bars
 from .shapes.questions import Sample, make_sample, render_training
 from .shapes.world import COLOURS, NEW_COLOURS
 
@@ -410,10 +411,11 @@ def finetune(model_id=None, out_dir: str | os.PathLike = "runs/finetune", cfg: F
                for h in trainer.state.log_history if "loss" in h]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    if cfg.method == "full":
-        model.save_pretrained(out)
-    else:  # the embeddings' trained rows are in the adapter: no copy of the whole vocabulary
-        model.save_pretrained(out, save_embedding_layers=False)
+    with short_bars():  # no "Writing model shards" bar for a save under a second
+        if cfg.method == "full":
+            model.save_pretrained(out)
+        else:  # the embeddings' trained rows are in the adapter: no copy of the whole vocabulary
+            model.save_pretrained(out, save_embedding_layers=False)
     vlm.processor.save_pretrained(out)
     saved = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     vlm.model = model

@@ -371,7 +371,8 @@ def save_vlm(vlm: VLM, directory: str | os.PathLike) -> Path:
                            "which save and reload.")
     _restore_bnb_cpu_scales(vlm.model)
     try:
-        vlm.model.save_pretrained(path)
+        with short_bars():  # no "Writing model shards" bar for a save under a second
+            vlm.model.save_pretrained(path)
     except (ValueError, NotImplementedError) as e:
         raise BackendError(f"This model (quant={vlm.quant!r}) cannot be saved: {e}") from None
     vlm.processor.save_pretrained(path)

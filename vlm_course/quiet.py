@@ -1,11 +1,12 @@
 """Keep library noise out of the lessons, at its source and no wider than it needs to be.
 
-- `short_bars()`: around the package's own model loads, transformers' "Loading weights" bar (and any
-  other bar transformers draws meanwhile) appears only once the work has taken a second: the tiny
+- `short_bars()`: around the package's own model loads and saves, transformers' "Loading weights" and
+  "Writing model shards" bars (and any other bar transformers draws meanwhile) appear only once the work
+  has taken a second: the tiny
   model loads in a tenth of one, idefics2-8b from disk takes long enough to earn its bar. It goes
   through transformers' own tqdm hook, chained to whatever hook the user set, and restored after.
-- `silence_library_noise()`: drops the handful of log records below, each matched by its exact text,
-  with the reason beside it. Every other message of those libraries still shows.
+- `silence_library_noise()`: drops the handful of log records and warnings below, each matched by its
+  exact text, with the reason beside it. Every other message of those libraries still shows.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import warnings
 
 # A bar for work that ends within this many seconds never shows (tqdm's `delay`).
 SHORT_WORK_SECONDS = 1.0
@@ -33,6 +35,14 @@ NOISE = {
 }
 
 
+# (message regex, category, why): warnings filtered out (warnings.filterwarnings, ignore).
+WARNINGS = [
+    # peft 0.21 reads the deprecated `model.is_gradient_checkpointing` when it wraps a model (lesson 09, and
+    # load_vlm(adapter=...)); transformers 5 warns at each read. peft's to update, nothing for the learner to do.
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
+]
+
+
 class _DropPrefixes(logging.Filter):
     """Drops records whose message template starts with one of `prefixes`."""
 
@@ -48,11 +58,13 @@ class _DropPrefixes(logging.Filter):
 
 
 def silence_library_noise() -> None:
-    """Install the filters of NOISE (once; cheap: it imports none of those libraries)."""
+    """Install the filters of NOISE and WARNINGS (once; cheap: it imports none of those libraries)."""
     for name, prefixes in NOISE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropPrefixes) for f in logger.filters):
             logger.addFilter(_DropPrefixes(prefixes))
+    for message, category in WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 _lock = threading.Lock()
