@@ -259,39 +259,10 @@ def load_results(path: str | os.PathLike) -> list[dict]:
 
 
 def plot(rows: list[dict], title: str = "benchmark"):
-    """Memory, speed and quality of each configuration, side by side; returns the figure."""
-    import matplotlib
+    """Memory, speed and quality of each configuration, side by side; returns the figure (vlm_course.plots)."""
+    from .plots import benchmark
 
-    if "ipykernel" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in rows if not r.get("error")]
-    names = [r["config"] for r in ok]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    mb = [r["model_bytes"] / 1e6 for r in ok]
-    axes[0].barh(names, mb, color="tab:blue", label="measured (model_bytes)")
-    axes[0].scatter([r["estimate_bytes"] / 1e6 for r in ok], names, color="black", marker="|", s=200,
-                    label="estimate from config", zorder=3)
-    axes[0].set_xlabel("weights, MB")
-    axes[0].legend(fontsize=8)
-    axes[0].invert_yaxis()
-    axes[1].barh(names, [r.get("decode_tok_s") or 0 for r in ok], color="tab:green")
-    axes[1].set_xlabel("decode tokens / s (median)")
-    axes[1].invert_yaxis()
-    axes[1].set_yticklabels([])
-    for r in ok:
-        if r.get("quality") is not None:
-            axes[2].scatter(r["model_bytes"] / 1e6, r["quality"], s=40)
-            axes[2].annotate(r["config"], (r["model_bytes"] / 1e6, r["quality"]), fontsize=7,
-                             xytext=(3, 3), textcoords="offset points")
-    axes[2].set_xlabel("weights, MB")
-    axes[2].set_ylabel("exact match")
-    axes[2].set_ylim(-0.05, 1.05)
-    device = ok[0]["device"] if ok else "?"
-    fig.suptitle(f"{title} ({device})")
-    fig.tight_layout()
-    return fig
+    return benchmark(rows, title)
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -383,10 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="hub id or directory (default: $VLM_COURSE_MODEL or the tiny model)")
     p.add_argument("--config", default=None, help="with --random-weights: 'tiny', 'idefics2-8b' or a config path")
     p.add_argument("--random-weights", action="store_true", help="build --config with random weights (no download)")
-    p.add_argument("--suite", default="quant", choices=["quant", "attention", "all", "chat", "gpu", "notebooks"],
+    p.add_argument("--suite", default="quant",
+                   choices=["quant", "attention", "all", "chat", "gpu", "notebooks", "notebook-output"],
                    help="chat: generate_batch vs sequential generate, and stream vs generate (lessons 02-03); "
                         "gpu: idefics2-8b at real size with random weights (vlm_course/gpu_check.py); "
-                        "notebooks: each notebook's peak memory, its whole process tree (vlm_course/notebook_memory.py)")
+                        "notebooks: each notebook's peak memory, its whole process tree (vlm_course/notebook_memory.py); "
+                        "notebook-output: each notebook's stderr outputs and progress bars (vlm_course/notebook_output.py)")
     p.add_argument("--notebooks", default=None, help="with --suite notebooks: numbers or paths, e.g. 05,07 (default: all)")
     p.add_argument("--limit-gb", type=float, default=2.0,
                    help="with --suite notebooks: the memory a notebook's process tree must stay under (Binder: 2)")
@@ -430,6 +403,11 @@ def _run_cli(args) -> int:
         from .notebook_memory import run_cli
 
         return run_cli(args.notebooks, args.model, args.out, args.name, timeout=900, limit_bytes=int(args.limit_gb * 1e9))
+    if args.suite == "notebook-output":  # stderr outputs and progress bars of every notebook (vlm_course/notebook_output.py)
+        from .notebook_output import main as notebook_output
+
+        return notebook_output(["--json", str(Path(args.out) / f"{args.name or 'notebook-output'}.json")]
+                               + (["--model", args.model] if args.model else []))
     if args.suite == "gpu":
         from .gpu_check import format_report, run_gpu_check
 
