@@ -355,3 +355,185 @@ def test_the_interpreter_exits_cleanly_with_streams_running():
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[0] in ("one.", "two.", "three.")
+
+
+# --- thread_stream: transformers' TextIteratorStreamer, generate in a second thread ---------------
+
+BOTH_MODELS = pytest.mark.parametrize("model", ["vlm", "test_vlm"])  # the tiny model, the idefics2-8b-shaped one
+
+
+def _threads():
+    """The live threads. Tests compare what is new since a point: threads the loaders left (tqdm's monitor, a
+    pool) may end in between, and that is not this test's business."""
+    return {t for t in threading.enumerate() if t.is_alive()}
+
+
+@BOTH_MODELS
+@pytest.mark.parametrize("index", range(5))
+def test_thread_stream_yields_what_generate_returns(request, model, index):
+    from vlm_course.streaming import thread_stream
+
+    vlm = request.getfixturevalue(model)
+    msgs = _conversations()[index]
+    before = _threads()
+    for max_new in (60, 7):  # an end token, and the length limit
+        reply = generate(vlm, msgs, max_new_tokens=max_new)
+        s = thread_stream(vlm, msgs, max_new_tokens=max_new)
+        pieces = list(s)
+        assert "".join(pieces) == s.text == reply.text
+        assert all(pieces) and not any(tok in p for p in pieces for tok in SPECIAL)
+        assert not s.running and not _threads() - before  # the thread was joined when the queue ended
+
+
+@BOTH_MODELS
+def test_thread_stream_raises_an_error_from_inside_generate(request, model):
+    from vlm_course.streaming import thread_stream
+
+    vlm = request.getfixturevalue(model)
+    msgs = _conversations()[0]
+    before = _threads()
+
+    def fail_on_fourth_call(calls, output):
+        if calls == 4:
+            raise RuntimeError("boom in the model's forward pass")
+
+    hook = _Hook(vlm, fail_on_fourth_call)
+    try:
+        s = thread_stream(vlm, msgs, max_new_tokens=60, timeout=None)  # no timeout: the error alone ends the wait
+        pieces = []
+        with pytest.raises(GenerationError, match="boom") as info:
+            for piece in s:
+                pieces.append(piece)
+        assert isinstance(info.value.__cause__, RuntimeError)
+        assert hook.calls == 4 and not s.running and not _threads() - before
+    finally:
+        hook.remove()
+    assert generate(vlm, msgs, max_new_tokens=60).text.startswith("".join(pieces))
+
+
+def test_thread_stream_raises_an_error_in_the_prefill(vlm):
+    from vlm_course.streaming import thread_stream
+
+    def fail_first(calls, output):
+        raise ValueError("prefill failed")
+
+    hook = _Hook(vlm, fail_first)
+    try:
+        s = thread_stream(vlm, _conversations()[1], timeout=None)
+        with pytest.raises(GenerationError, match="prefill failed"):
+            next(s)
+        assert not s.running
+    finally:
+        hook.remove()
+
+
+@BOTH_MODELS
+def test_thread_stream_close_stops_generation_and_joins_the_thread(request, model):
+    from vlm_course.chat_bench import count_forward_passes
+    from vlm_course.streaming import thread_stream
+
+    vlm = request.getfixturevalue(model)
+    before = _threads()
+    hook = _Hook(vlm, _never_end(vlm))
+    try:
+        def read_one_piece_then_close():
+            s = thread_stream(vlm, _conversations()[0], max_new_tokens=400)
+            first = next(s)
+            s.close()
+            return s, first
+
+        (s, first), passes = count_forward_passes(vlm, read_one_piece_then_close)
+        assert first and not s.running and not _threads() - before
+        assert passes < 400 // 4, passes
+        with pytest.raises(StopIteration):
+            next(s)
+        # Without close(), the same stream really runs to max_new_tokens: the limit above means something.
+        s2, passes2 = count_forward_passes(
+            vlm, lambda: list(thread_stream(vlm, _conversations()[0], max_new_tokens=60)))
+        assert s2 and passes2 == 60
+    finally:
+        hook.remove()
+
+
+def test_thread_stream_with_block_and_break_stop_generation(vlm):
+    from vlm_course.chat_bench import count_forward_passes
+    from vlm_course.streaming import thread_stream
+
+    before = _threads()
+    hook = _Hook(vlm, _never_end(vlm))
+    try:
+        def leave_with_block():
+            with thread_stream(vlm, _conversations()[0], max_new_tokens=400) as s:
+                next(s)
+            return s
+
+        s, passes = count_forward_passes(vlm, leave_with_block)
+        assert not s.running and passes < 100
+
+        def break_out():  # no close(), no with: the dropped stream cancels generation
+            for _ in thread_stream(vlm, _conversations()[0], max_new_tokens=400):
+                break
+            for t in _threads() - before:
+                t.join(30)
+
+        _, passes = count_forward_passes(vlm, break_out)
+        assert passes < 100 and not _threads() - before
+    finally:
+        hook.remove()
+
+
+@BOTH_MODELS
+def test_thread_stream_times_out_when_generate_never_produces(request, model):
+    from vlm_course.chat_bench import count_forward_passes
+    from vlm_course.errors import GenerationTimeout
+    from vlm_course.streaming import thread_stream
+
+    vlm = request.getfixturevalue(model)
+    before = _threads()
+    release = threading.Event()
+
+    def stuck_prefill(calls, output):
+        if calls == 1:
+            release.wait(120)  # generate is stuck in its first forward pass until the test releases it
+
+    hook = _Hook(vlm, stuck_prefill)
+    try:
+        def read():
+            s = thread_stream(vlm, _conversations()[0], max_new_tokens=400, timeout=0.5)
+            with pytest.raises(GenerationTimeout, match="No text from generate"):
+                next(s)
+            assert s.running and not release.is_set()  # the reader gave up while generate was still stuck
+            release.set()
+            s.close()  # generate stops after its current step; the thread is joined
+            return s
+
+        s, passes = count_forward_passes(vlm, read)
+        assert not s.running and not _threads() - before
+        assert passes <= 2, passes  # the stuck prefill, then at most one step before the cancel was seen
+    finally:
+        release.set()
+        hook.remove()
+
+
+def test_thread_stream_refuses_bad_input_before_starting_a_thread(vlm):
+    from vlm_course.streaming import thread_stream
+
+    before = _threads()
+    with pytest.raises(MessagesError):
+        thread_stream(vlm, [{"role": "user", "content": "hello"}])
+    with pytest.raises(GenerationError, match="stop strings"):
+        thread_stream(vlm, _conversations()[0], stop=".")
+    with pytest.raises(GenerationError, match="timeout"):
+        thread_stream(vlm, _conversations()[0], timeout=0)
+    assert not _threads() - before
+
+
+def test_measure_stream_overhead_compares_the_three_ways(vlm):
+    from vlm_course.chat_bench import measure_stream_overhead
+
+    r = measure_stream_overhead(vlm, max_new_tokens=20, repeats=1, progress=False)
+    assert r["same_text"] and r["thread_same_text"] and r["completion_tokens"] > 5
+    for way in ("generate", "thread", "stream"):
+        assert r[f"{way}_seconds"] > 0 and r[f"{way}_tokens_per_second"] > 0
+    assert 0 < r["thread_time_to_first_piece"] <= r["thread_seconds"]
+    assert 0 < r["stream_time_to_first_piece"] <= r["stream_seconds"]

@@ -356,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-weights", action="store_true", help="build --config with random weights (no download)")
     p.add_argument("--suite", default="quant",
                    choices=["quant", "attention", "all", "chat", "gpu", "notebooks", "notebook-output"],
-                   help="chat: generate_batch vs sequential generate, and stream vs generate (lessons 02-03); "
+                   help="chat: generate_batch vs sequential generate, and stream, thread_stream and generate "
+                        "(lessons 02-03); "
                         "gpu: idefics2-8b at real size with random weights (vlm_course/gpu_check.py); "
                         "notebooks: each notebook's peak memory, its whole process tree (vlm_course/notebook_memory.py); "
                         "notebook-output: each notebook's stderr outputs and progress bars (vlm_course/notebook_output.py)")
@@ -457,6 +458,11 @@ def _run_chat(args) -> int:
     print(f"stream vs generate ({streaming['completion_tokens']} tokens): {streaming['overhead']:+.1%} wall time "
           f"(fastest runs {streaming['overhead_of_fastest_runs']:+.1%}); same text: {streaming['same_text']}; "
           f"first token after {1000 * streaming['stream_time_to_first_token']:.0f} ms")
+    print(f"stream (greenlet) vs thread_stream (TextIteratorStreamer, generate in a thread): "
+          f"{streaming['greenlet_vs_thread']:+.1%} wall time "
+          f"(fastest runs {streaming['greenlet_vs_thread_of_fastest_runs']:+.1%}); "
+          f"first piece after {1000 * streaming['stream_time_to_first_piece']:.1f} vs "
+          f"{1000 * streaming['thread_time_to_first_piece']:.1f} ms; same text: {streaming['thread_same_text']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = args.name or "chat"

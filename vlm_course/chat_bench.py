@@ -2,7 +2,7 @@
 
     measure_batching(vlm, n=16)      # one generate_batch vs n generate calls on the same conversations
     measure_batching_workloads(vlm)  # the same for long descriptions, a mix, and two-image comparisons
-    measure_stream_overhead(vlm)     # stream vs generate for the same reply
+    measure_stream_overhead(vlm)     # stream (greenlet) and thread_stream (thread) vs generate, same reply
 
 Both return plain dicts (numbers a notebook can print or plot, and vlm_course.bench can tabulate).
 Timings are wall-clock medians after a warm-up call (and the ratio of the fastest runs, which a busy
@@ -168,38 +168,94 @@ def plot_batching(results: dict[str, dict]):
     return fig
 
 
-def measure_stream_overhead(vlm, messages=None, max_new_tokens: int = 64, repeats: int = 7,
-                            progress: bool = True) -> dict:
-    """Wall time of stream (consumed to the end) vs generate for the same reply, medians of `repeats`.
+def read_timed(make_stream) -> tuple[object, float, float]:
+    """(the stream, seconds to its first piece, seconds to its end) of `make_stream()`, read to the end.
 
-    Calls alternate (generate, stream, generate, ...) so that background load hits both alike.
+    The clock starts before the stream is made (preparing the inputs counts, as it does for generate) and
+    the first piece is the first text the reader gets, whichever way the stream is made."""
+    start = time.perf_counter()
+    first = None
+    with make_stream() as s:
+        for _ in s:
+            if first is None:
+                first = time.perf_counter() - start
+    total = time.perf_counter() - start
+    return s, total if first is None else first, total
+
+
+# On a busy CPU, two OpenMP threads made the same generate 2-5x slower in the main thread than in a new thread
+# (measured here: 1.9-4.4 s against 0.6-1.8 s for one 31-token reply; with one thread, or OMP_WAIT_POLICY=PASSIVE,
+# both took 0.3-1.0 s). That would swamp what streaming costs, so the streaming benchmark runs torch on one thread.
+STREAM_BENCH_THREADS = 1
+
+
+def measure_stream_overhead(vlm, messages=None, max_new_tokens: int = 64, repeats: int = 7,
+                            progress: bool = True, threads: int | None = STREAM_BENCH_THREADS) -> dict:
+    """Wall time of generate, of thread_stream (TextIteratorStreamer, generate in a thread) and of stream
+    (generate in a greenlet), each stream read to the end, for the same reply: medians of `repeats`.
+
+    Calls alternate (generate, thread_stream, stream, generate, ...) so that background load hits all alike.
+    `overhead` is stream against generate, `thread_overhead` thread_stream against generate, and
+    `greenlet_vs_thread` stream against thread_stream (negative: the greenlet is faster). On a CPU, torch runs
+    on `threads` threads meanwhile (None: as it is), and goes back to its setting afterwards.
     """
+    previous = torch.get_num_threads()
+    if threads and torch.device(vlm.device).type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        return _measure_stream_overhead(vlm, messages, max_new_tokens, repeats, progress) | {
+            "torch_threads": torch.get_num_threads()}
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure_stream_overhead(vlm, messages, max_new_tokens, repeats, progress) -> dict:
+    from .streaming import thread_stream
+
     if messages is None:
         messages = [user(random_scene(7).draw(size=128), "Describe this image in detail.")]
     generate(vlm, messages, max_new_tokens=max_new_tokens)  # warm-up
-    gen_times, stream_times, ttfts, gen_cpu, stream_cpu = [], [], [], [], []
-    reply = text = None
+    read_timed(lambda: thread_stream(vlm, messages, max_new_tokens=max_new_tokens))
+    times = {"generate": [], "thread": [], "stream": []}
+    cpu = {"generate": [], "stream": []}
+    first = {"thread": [], "stream": []}
+    ttfts = []
+    reply = s = t = None
     for _ in tqdm(range(repeats), desc="stream overhead", disable=not progress):
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu_start = time.perf_counter(), time.process_time()
         reply = generate(vlm, messages, max_new_tokens=max_new_tokens)
-        gen_times.append(time.perf_counter() - start)
-        gen_cpu.append(time.process_time() - cpu)
-        start, cpu = time.perf_counter(), time.process_time()
-        s = stream(vlm, messages, max_new_tokens=max_new_tokens)
-        text = "".join(s)
-        stream_times.append(time.perf_counter() - start)
-        stream_cpu.append(time.process_time() - cpu)
+        times["generate"].append(time.perf_counter() - start)
+        cpu["generate"].append(time.process_time() - cpu_start)
+        t, first_s, total_s = read_timed(lambda: thread_stream(vlm, messages, max_new_tokens=max_new_tokens))
+        times["thread"].append(total_s)
+        first["thread"].append(first_s)
+        cpu_start = time.process_time()
+        s, first_s, total_s = read_timed(lambda: stream(vlm, messages, max_new_tokens=max_new_tokens))
+        times["stream"].append(total_s)
+        cpu["stream"].append(time.process_time() - cpu_start)
+        first["stream"].append(first_s)
         ttfts.append(s.usage.time_to_first_token)
-    g, st = statistics.median(gen_times), statistics.median(stream_times)
+    g, th, st = (statistics.median(times[k]) for k in ("generate", "thread", "stream"))
+    tokens = reply.usage.completion_tokens
     return {
-        "completion_tokens": reply.usage.completion_tokens,
+        "completion_tokens": tokens,
         "generate_seconds": g,
         "stream_seconds": st,
+        "thread_seconds": th,
         "overhead": st / g - 1,
-        "overhead_of_fastest_runs": min(stream_times) / min(gen_times) - 1,
-        "cpu_overhead": statistics.median(stream_cpu) / statistics.median(gen_cpu) - 1,  # CPU time, all threads
+        "overhead_of_fastest_runs": min(times["stream"]) / min(times["generate"]) - 1,
+        "thread_overhead": th / g - 1,
+        "greenlet_vs_thread": st / th - 1,
+        "greenlet_vs_thread_of_fastest_runs": min(times["stream"]) / min(times["thread"]) - 1,
+        "cpu_overhead": statistics.median(cpu["stream"]) / statistics.median(cpu["generate"]) - 1,  # all threads
+        "generate_tokens_per_second": tokens / g,
+        "thread_tokens_per_second": tokens / th,
+        "stream_tokens_per_second": tokens / st,
+        "thread_time_to_first_piece": statistics.median(first["thread"]),
+        "stream_time_to_first_piece": statistics.median(first["stream"]),
         "stream_time_to_first_token": statistics.median(ttfts),
         "generate_time_to_first_token": reply.usage.time_to_first_token,
-        "same_text": text == reply.text,
+        "same_text": s.text == reply.text,
+        "thread_same_text": t.text == reply.text,
         "repeats": repeats,
     }

@@ -33,6 +33,10 @@ class GenerationError(VLMCourseError, RuntimeError):
     """Generation failed or was given options out of range (max_new_tokens, temperature, ...)."""
 
 
+class GenerationTimeout(GenerationError, TimeoutError):
+    """A stream waited longer than its timeout for the next text from generate."""
+
+
 def missing_extra(package: str, extra: str) -> MissingExtraError:
     """The error to raise when an optional `package` is needed: says which extra installs it."""
     return MissingExtraError(
