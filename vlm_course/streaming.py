@@ -51,7 +51,9 @@ def _generate_in_thread(model, inputs, kwargs, streamer: TextIteratorStreamer, f
             model.generate(**inputs, **kwargs, streamer=streamer)
     except BaseException as e:  # kept for the reader, which raises it; nothing is lost with the thread
         failure.append(e)
-        streamer.end()  # generate did not reach its own end(): end the queue, or the reader waits forever
+        # generate did not reach its own end(): end the queue, or the reader waits forever. Not streamer.end(),
+        # which decodes what is left, and the error may have come from decoding.
+        streamer.on_finalized_text("", stream_end=True)
 
 
 class ThreadedStream:
