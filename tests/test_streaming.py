@@ -529,11 +529,20 @@ def test_thread_stream_refuses_bad_input_before_starting_a_thread(vlm):
 
 
 def test_measure_stream_overhead_compares_the_three_ways(vlm):
+    from vlm_course import tables
     from vlm_course.chat_bench import measure_stream_overhead
 
+    import torch
+
+    threads = torch.get_num_threads()
     r = measure_stream_overhead(vlm, max_new_tokens=20, repeats=1, progress=False)
+    assert r["torch_threads"] == 1 and torch.get_num_threads() == threads  # one thread meanwhile, then as it was
     assert r["same_text"] and r["thread_same_text"] and r["completion_tokens"] > 5
     for way in ("generate", "thread", "stream"):
         assert r[f"{way}_seconds"] > 0 and r[f"{way}_tokens_per_second"] > 0
     assert 0 < r["thread_time_to_first_piece"] <= r["thread_seconds"]
     assert 0 < r["stream_time_to_first_piece"] <= r["stream_seconds"]
+
+    table = tables.streaming(r)
+    assert list(table.index) == ["generate", "thread_stream (thread)", "stream (greenlet)"]
+    assert not table.isna().any().any() and (table > 0).all().all()

@@ -65,3 +65,14 @@ def benchmark(rows: list[dict]):
                         "save/reload": r.get("save_reload")})
     frame = _pd().DataFrame(records).set_index("config")
     return frame.dropna(axis=1, how="all")  # a column nothing measured (no quality off the tiny model) goes
+
+
+def streaming(cost: dict):
+    """`chat_bench.measure_stream_overhead`'s result: generate, thread_stream and stream, one row each."""
+    ways = {"generate": "generate", "thread": "thread_stream (thread)", "stream": "stream (greenlet)"}
+    first = {"generate": cost["generate_seconds"], "thread": cost["thread_time_to_first_piece"],
+             "stream": cost["stream_time_to_first_piece"]}  # generate shows everything at its end
+    rows = [{"first text ms": _round(1000 * first[w], 1), "whole reply ms": _round(1000 * cost[f"{w}_seconds"], 1),
+             "tokens/s": _round(cost[f"{w}_tokens_per_second"], 0),
+             "ms a token (prefill included)": _round(1000 / cost[f"{w}_tokens_per_second"], 2)} for w in ways]
+    return _pd().DataFrame(rows, index=list(ways.values()))
