@@ -242,30 +242,6 @@ def test_ask_and_serve_with_the_adapter(lora_run, tmp_path):
         proc.wait(timeout=30)
 
 
-def test_lesson09_checker(vlm, capsys):
-    from vlm_course.exercises.lesson09 import check_two_turn_labels, exercise_input_ids
-
-    ids = exercise_input_ids(vlm)
-    right = ft.build_labels(torch.tensor([ids]), vlm.processor)[0].tolist()
-    assert check_two_turn_labels(vlm, right) is True and "Correct" in capsys.readouterr().out
-    assert check_two_turn_labels(vlm, torch.tensor(right)) is True
-    assert check_two_turn_labels(vlm, None) is False and "Not answered" in capsys.readouterr().out
-    image_id = vlm.tokenizer.convert_tokens_to_ids("<image>")
-    documented = [-100 if t in (image_id, vlm.tokenizer.pad_token_id) else t for t in ids]  # the docs' masking
-    assert check_two_turn_labels(vlm, documented) is False
-    assert "should be masked" in capsys.readouterr().out
-    end_id = vlm.tokenizer.convert_tokens_to_ids(ft.END_OF_UTTERANCE)
-    no_end = [-100 if t == end_id else t for t in right]
-    assert check_two_turn_labels(vlm, no_end) is False and "<end_of_utterance>" in capsys.readouterr().out
-    first_only = list(right)
-    last_answer = max(i for i, t in enumerate(right) if t != -100 and right[i - 1] == -100)
-    first_only[last_answer:] = [-100] * (len(right) - last_answer)
-    assert check_two_turn_labels(vlm, first_only) is False and "masked" in capsys.readouterr().out
-    assert check_two_turn_labels(vlm, right[:-1]) is False and "Expected" in capsys.readouterr().out
-    shifted = right[1:] + [-100]
-    assert check_two_turn_labels(vlm, shifted) is False
-
-
 def test_runs_are_seeded(tmp_path):
     from safetensors.torch import load_file
 

@@ -414,23 +414,3 @@ def test_cli_serve(vlm):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-# --------------------------------------------------------------------------- the lesson's exercise
-
-
-def test_lesson07_checker(server, vlm, capsys):
-    from vlm_course.exercises.lesson07 import check_request
-
-    right = {"model": vlm.name, "temperature": 0, "max_tokens": 16, "stream": True,
-             "messages": [{"role": "user", "content": [image_part(random_scene(3).draw()),
-                                                       {"type": "text", "text": "How many shapes are there?"}]}]}
-    assert check_request(right) is True
-    assert check_request(right, base_url=server.url, vlm=vlm) is True
-    assert "Correct" in capsys.readouterr().out
-    assert check_request(None) is False and "Not answered" in capsys.readouterr().out
-    for wrong in ({**right, "stream": False}, {**right, "temperature": 0.7}, {**right, "max_tokens": 64},
-                  {**right, "messages": [{"role": "user", "content": "How many shapes are there?"}]},
-                  {**right, "messages": [{"role": "tool", "content": "x"}]}, "not a dict"):
-        assert check_request(wrong, base_url=server.url, vlm=vlm) is False
-        assert "Not yet" in capsys.readouterr().out

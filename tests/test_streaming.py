@@ -289,31 +289,6 @@ def test_the_loops_grad_mode_is_its_own(vlm):
     assert torch.is_grad_enabled()
 
 
-# --- the exercise of lesson 03 --------------------------------------------------------------------
-
-def test_lesson03_first_sentence_checker(vlm, capsys):
-    from vlm_course.exercises.lesson03 import check_first_sentence
-
-    def right(vlm, messages):
-        text = ""
-        with stream(vlm, messages, max_new_tokens=80) as s:
-            for piece in s:
-                text += piece
-                if "." in text:
-                    return text[: text.index(".") + 1]
-        return text
-
-    def wasteful(vlm, messages):  # right text, but the model runs to the end
-        text = generate(vlm, messages, max_new_tokens=80).text
-        return text[: text.index(".") + 1]
-
-    assert check_first_sentence(vlm, right) is True
-    assert check_first_sentence(vlm, wasteful) is False
-    assert "forward passes" in capsys.readouterr().out
-    assert check_first_sentence(vlm, lambda vlm, m: "no.") is False
-    assert check_first_sentence(vlm, None) is False
-
-
 EXIT_SCRIPT = """
 from vlm_course.chat import stream
 from vlm_course.messages import user

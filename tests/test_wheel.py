@@ -37,7 +37,7 @@ def test_the_wheel_alone_runs_notebook_00(tmp_path):
                    "vlm_course/tiny/model/tokenizer.json", "vlm_course/data/idefics2-8b-config.json",
                    "vlm_course/testmodel.py"):
         assert needed in names, f"the wheel lacks {needed}"
-    assert not any(n.startswith(("tests/", "notebooks/")) for n in names)
+    assert not any(n.startswith(("tests/", "notebooks/", "solutions/")) for n in names)  # the exercises' solutions stay apart
 
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", venv])  # no --system-site-packages: nothing from this environment

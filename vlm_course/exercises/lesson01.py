@@ -3,55 +3,54 @@
 from __future__ import annotations
 
 from ..errors import VLMCourseError
+from .check import correct, expected_inputs, not_solved, same_image, wrong
 
 QUESTION = "What do we see in this image?"
 
 
-def check_conversation(vlm, messages, seed: int) -> bool:
-    """True when `messages` asks the model QUESTION about scene `seed` in the right format and the
-    model's answer matches the scene. Prints what is wrong otherwise; never raises."""
-    from ..chat import count_tokens, generate
-    from ..messages import image_sources, validate
+def check_conversation(vlm, messages, seed: int = 7) -> bool:
+    """True when `messages` is one user turn holding the drawing of scene `seed` and then QUESTION, in
+    transformers' format; the checker then runs the model on it. The placeholder None is "not solved yet";
+    anything else that is wrong raises ExerciseError saying what."""
+    from ..chat import count_tokens, generate, user
+    from ..messages import validate
+    from ..models import is_tiny
     from ..shapes import random_scene
 
     if messages is None:
-        print("Not answered yet: write `messages` as a list of dicts and run the check again.")
-        return False
+        return not_solved("write `my_messages` as a list of dicts and run the check again.")
     try:
         checked = validate(messages)
     except VLMCourseError as e:
-        print(f"Not quite. The package refuses these messages:\n  {e}")
-        return False
-    images = image_sources(checked)
+        raise wrong(f"the package refuses these messages:\n  {e}") from e
     if len(checked) != 1 or checked[0]["role"] != "user":
-        print(f"Expected exactly one user turn, got roles {[m['role'] for m in checked]}.")
-        return False
+        raise wrong(f"expected exactly one user turn, got roles {[m['role'] for m in checked]}.")
+    kinds = [p["type"] for p in checked[0]["content"]]
     texts = [p["text"] for p in checked[0]["content"] if p["type"] == "text"]
-    if len(images) != 1 or texts != [QUESTION]:
-        print(f"Expected one image part and one text part {QUESTION!r}; got {len(images)} image(s) and texts {texts}.")
-        return False
+    if sorted(kinds) != ["image", "text"]:
+        raise wrong(f"expected one image part and one text part, got parts {kinds}.")
+    if texts != [QUESTION]:
+        raise wrong(f"the text part should be the exercise's question, exactly; it is {texts[0]!r}.")
+    if kinds != ["image", "text"]:
+        raise wrong("the question comes before the image. Idefics2 learnt images first, then the question about "
+                    "them (look at the prompt the template renders in this lesson): put the image part first.")
     scene = random_scene(seed)
     try:
-        reply = generate(vlm, checked)
-        tokens = count_tokens(vlm, checked)
+        theirs = expected_inputs(vlm, checked)
     except VLMCourseError as e:
-        print(f"The image could not be used: {e}")
-        return False
-    from ..models import is_tiny
-
+        raise wrong(f"the image could not be used: {e}") from e
+    if not same_image(vlm, theirs.get("pixel_values"), expected_inputs(vlm, [user(scene.draw(), QUESTION)])["pixel_values"]):
+        raise wrong(f"the image part is not the drawing of scene {seed} (random_scene({seed}).draw()).")
+    reply = generate(vlm, checked)
+    tokens = count_tokens(vlm, checked)
+    read = (f"the model read {tokens['prompt_tokens']} tokens ({tokens['image_tokens']} of them image tokens) "
+            f"and answered {reply.text!r}")
     if not is_tiny(vlm):
-        print(f"Correct: the messages are well formed; the model read {tokens['prompt_tokens']} tokens "
-              f"({tokens['image_tokens']} of them image tokens) and answered {reply.text!r}. This model ({vlm.name}) "
-              f"is not the tiny one, so its answer is not compared with scene {seed} ({scene.describe()!r}): "
-              "compare by eye.")
-        return True
-    if reply.text != scene.describe():
-        print(f"The messages are well formed, but the model answered {reply.text!r} while scene {seed} shows "
-              f"{scene.describe()!r}. Is the image the drawing of scene {seed} (random_scene({seed}).draw())?")
-        return False
-    print(f"Correct: the model read {tokens['prompt_tokens']} tokens ({tokens['image_tokens']} of them image tokens) "
-          f"and answered {reply.text!r}, which is what scene {seed} shows.")
-    return True
+        return correct(f"the messages are well formed; {read}. This model ({vlm.name}) is not the tiny one, so "
+                       f"its answer is not compared with scene {seed}: compare by eye.")
+    truth = "which is what the scene shows" if reply.text == scene.describe() else \
+        f"while scene {seed} shows {scene.describe()!r}: the model is wrong here, not your messages"
+    return correct(f"the messages are well formed; {read}, {truth}.")
 
 
 def check_image_tokens(answer, images: int = 3, splitting: bool = True) -> bool:
@@ -62,19 +61,15 @@ def check_image_tokens(answer, images: int = 3, splitting: bool = True) -> bool:
     from ..memory import REFERENCE_CONFIGS
 
     if answer is None:
-        print("Not answered yet: set `answer` to a number and run the check again.")
-        return False
+        return not_solved("set `answer` to a number and run the check again.")
     config = json.loads(REFERENCE_CONFIGS["idefics2-8b"].read_text())
     latents = config["perceiver_config"]["resampler_n_latents"]
     truth = images * latents * (5 if splitting else 1)
     if isinstance(answer, bool) or not isinstance(answer, int):
-        print(f"Expected a whole number of tokens, got {answer!r}.")
-        return False
+        raise wrong(f"expected a whole number of tokens (an int), got {answer!r}.")
     if answer == truth:
-        print(f"Correct: {images} image(s) x {5 if splitting else 1} block(s) x {latents} latents = {truth} image tokens.")
-        return True
+        return correct(f"{images} image(s) x {5 if splitting else 1} block(s) x {latents} latents = {truth} image tokens.")
     hint = ("Did you forget that splitting makes 5 blocks per image (4 crops + the original)?"
             if splitting and answer == images * latents else
             "Each block is as long as the perceiver has latents (resampler_n_latents).")
-    print(f"Not quite: {answer} is not it. {hint}")
-    return False
+    raise wrong(f"{answer} is not it. {hint}")

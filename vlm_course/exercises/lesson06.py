@@ -6,14 +6,17 @@ when the button is clicked, asks the model for a detailed description of the cur
     from vlm_course.exercises.lesson06 import check_detail_button
     check_detail_button(add_detail_button, vlm)
 
-The checker builds a fresh app, draws a scene, runs your function, finds your new button in the
-app, clicks it the way a person would, and checks that a detailed description was asked for and
-answered. It prints a verdict and returns True or False; it never raises on a wrong answer.
+The checker builds a fresh app, draws a scene, runs your function, finds your new button in the app,
+clicks it the way a person would, and checks what the model itself received and wrote: the current image
+with a request for a detailed description (the phrasing the model was trained on, as the app suggests it),
+and the model's reply recorded as the app's answer. The placeholder None is "not solved yet"; anything
+wrong raises ExerciseError.
 """
 
 from __future__ import annotations
 
-DETAIL_WORDS = ("detail",)
+from ..shapes.questions import DETAIL_QUESTIONS
+from .check import ModelWatch, correct, explain_mismatch, learner_call, matching_call, not_solved, reply_text, wrong
 
 
 def _buttons(widget) -> list:
@@ -26,45 +29,60 @@ def _buttons(widget) -> list:
     return found
 
 
+def _normal(question: str) -> str:
+    return " ".join(question.lower().strip().rstrip(".").split())
+
+
+def asks_for_detail(question: str) -> bool:
+    """Whether `question` is a request for a detailed description in the words the model learnt."""
+    return _normal(question) in {_normal(q) for q in DETAIL_QUESTIONS}
+
+
 def check_detail_button(add_detail_button, vlm, seed: int = 6) -> bool:
-    """Verify `add_detail_button(app)`: print a verdict, return True if it works."""
+    """Verify `add_detail_button(app)`: True if it works, ExerciseError saying what is wrong otherwise."""
+    from ..chat import user
+    from ..models import is_tiny
+    from ..shapes import detailed_description
     from ..widgets import ImageQAApp
 
-    def verdict(ok: bool, text: str) -> bool:
-        print(("Correct! " if ok else "Not yet: ") + text)
-        return ok
-
     if add_detail_button is None:
-        return verdict(False, "not answered yet. Write add_detail_button(app) and pass it to the checker.")
+        return not_solved("write add_detail_button(app) and pass it to the checker.")
     if not callable(add_detail_button):
-        return verdict(False, f"expected a function add_detail_button(app), got {type(add_detail_button).__name__}.")
+        raise wrong(f"expected a function add_detail_button(app), got {type(add_detail_button).__name__}.")
     app = ImageQAApp(vlm, seed=seed)
-    app.draw_scene()
+    scene = app.draw_scene()
+    image = app.image
     before = {id(b) for b in _buttons(app.widget)}
-    try:
-        add_detail_button(app)
-    except Exception as e:  # the learner's code: report it, do not stop the notebook
-        return verdict(False, f"add_detail_button(app) raised {type(e).__name__}: {e}")
+    learner_call("add_detail_button(app)", add_detail_button, app)
     new = [b for b in _buttons(app.widget) if id(b) not in before]
     if not new:
-        return verdict(False, "no new button appears in app.widget. Add it to a box that is displayed, e.g. "
-                              "app.widget.children += (button,).")
+        raise wrong("no new button appears in app.widget. Add it to a box that is displayed, e.g. "
+                    "app.widget.children += (button,).")
     button = new[0]
-    try:
-        button.click()
+    with ModelWatch(vlm) as watch:
+        learner_call(f"clicking {button.description!r}", button.click)
         finished = app.wait(120)
-    except Exception as e:
-        return verdict(False, f"clicking your button raised {type(e).__name__}: {e}")
+        watch.settle()
     if not finished:
-        return verdict(False, "the answer did not finish within two minutes.")
+        raise wrong("the answer did not finish within two minutes.")
     questions = [p["text"] for m in app.history if m["role"] == "user" for p in m["content"] if p["type"] == "text"]
     if not questions:
-        return verdict(False, f"clicking {button.description!r} asked nothing. Call app.ask(...) in its on_click "
-                              f"handler. App message: {app.error or '(none)'}")
+        raise wrong(f"clicking {button.description!r} asked nothing. Call app.ask(...) in its on_click handler. "
+                    f"App message: {app.error or '(none)'}")
     question = questions[-1]
-    if not any(word in question.lower() for word in DETAIL_WORDS):
-        return verdict(False, f"your button asked {question!r}, which does not ask for a detailed description "
-                              "(try 'Describe this image in detail.').")
-    if app.history[-1]["role"] != "assistant" or not app.answer:
-        return verdict(False, "the question was asked but no answer was recorded.")
-    return verdict(True, f"{button.description!r} asked {question!r} and the model answered: {app.answer!r}")
+    if not asks_for_detail(question):
+        raise wrong(f"your button asked {question!r}, which is not a request for a detailed description in the words "
+                    "this course's model learnt (the app suggests one: look at its suggested questions).")
+    messages = [user(image, question)]
+    call = matching_call(vlm, watch, messages)
+    if call is None:
+        raise wrong(explain_mismatch(vlm, watch, messages, "your button") +
+                    " It should ask about the image the app shows (app.ask does that).")
+    said = reply_text(vlm, call)
+    if app.history[-1]["role"] != "assistant" or not app.answer or app.answer != said:
+        raise wrong("the model answered, but its reply is not what the app recorded as the answer: let app.ask "
+                    "stream it into the app.")
+    verdict = "" if not is_tiny(vlm) else (" It matches the scene." if said == detailed_description(scene) else
+                                           " (The model is wrong about this scene; your button is right.)")
+    return correct(f"{button.description!r} asked {question!r} about the app's image and the model answered: "
+                   f"{app.answer!r}.{verdict}")

@@ -1,17 +1,23 @@
 """Lesson 07 exercise: write an OpenAI chat-completions request body by hand, and have the server answer it.
 
-The task: a body that asks "How many shapes are there?" about one image sent as a data URI, decoded
-greedily, streamed, with at most 16 new tokens. `check_request` checks it with the server's own
-request schema, then (given a running server's URL) sends it and compares the streamed answer with
-`chat.generate` on the same conversation.
+The task: a body that asks "How many shapes are there?" about the image of scene 3 sent as a data URI,
+decoded greedily, streamed, with at most 16 new tokens. `check_request(body, vlm)` checks it with the
+server's own request schema and checks that its image is scene 3's drawing; then it starts a server on
+`vlm` (or uses `base_url`, a server running in this process on the same `vlm`), sends the body, and checks
+that the model really ran on that image and question and that the server streamed the model's reply.
+The placeholder None is "not solved yet"; anything wrong raises ExerciseError.
 """
 
 from __future__ import annotations
 
 import json
 
+from .check import ModelWatch, correct, expected_inputs, explain_mismatch, matching_call, not_solved, reply_text, \
+    same_image, wrong
+
 QUESTION = "How many shapes are there?"
 MAX_TOKENS = 16
+SEED = 3
 
 
 def _problems(body) -> list[str]:
@@ -47,44 +53,58 @@ def _problems(body) -> list[str]:
     return problems
 
 
-def check_request(body, base_url: str | None = None, vlm=None) -> bool:
-    """Print a verdict on the request body; with `base_url` (and `vlm`) also send it and check the answer."""
-    if body is None:
-        print("Not answered yet: set `body` to your request (a dict) and run the check again.")
-        return False
-    problems = _problems(body)
-    if problems:
-        print("Not yet:\n- " + "\n- ".join(problems))
-        return False
-    if base_url is None:
-        print("The body is right. Pass base_url= (and vlm=) to send it to a running server too.")
-        return True
+def check_request(body, vlm, base_url: str | None = None) -> bool:
+    """True when `body` is the exercise's request and a server on `vlm` answers it by running the model on it."""
     import httpx
 
-    from .. import chat
+    from ..chat import user
+    from ..errors import VLMCourseError
     from ..images import load_image
+    from ..shapes import random_scene
 
-    pieces, done = [], False
-    with httpx.stream("POST", base_url.rstrip("/") + "/v1/chat/completions", json=body, timeout=120) as r:
-        if r.status_code != 200:
-            print(f"The server answered {r.status_code}: {r.read().decode()[:300]}")
-            return False
-        for line in r.iter_lines():
-            if line == "data: [DONE]":
-                done = True
-            elif line.startswith("data: "):
-                for choice in json.loads(line[6:]).get("choices", []):
-                    pieces.append(choice["delta"].get("content") or "")
-    answer = "".join(pieces)
+    if body is None:
+        return not_solved("set `body` to your request (a dict) and run the check again.")
+    problems = _problems(body)
+    if problems:
+        raise wrong("\n- " + "\n- ".join(problems))
+    url = next(p["image_url"]["url"] for p in body["messages"][0]["content"] if p["type"] == "image_url")
+    try:
+        image = load_image(url)
+    except VLMCourseError as e:
+        raise wrong(f"the image_url part does not hold an image the server can read: {e}") from e
+    messages = [user(image, QUESTION)]
+    scene_pixels = expected_inputs(vlm, [user(random_scene(SEED).draw(), QUESTION)])["pixel_values"]
+    if not same_image(vlm, expected_inputs(vlm, messages)["pixel_values"], scene_pixels):
+        raise wrong(f"the image in your data URI is not the drawing of scene {SEED} (random_scene({SEED}).draw()).")
+
+    def send(base: str) -> tuple[str, bool]:
+        pieces, done = [], False
+        with httpx.stream("POST", base.rstrip("/") + "/v1/chat/completions", json=body, timeout=120) as r:
+            if r.status_code != 200:
+                raise wrong(f"the server answered {r.status_code}: {r.read().decode()[:300]}")
+            for line in r.iter_lines():
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: "):
+                    for choice in json.loads(line[6:]).get("choices", []):
+                        pieces.append(choice["delta"].get("content") or "")
+        return "".join(pieces), done
+
+    with ModelWatch(vlm) as watch:
+        if base_url is None:
+            from ..serve import ServerSettings, start_in_background
+
+            with start_in_background(ServerSettings(), vlm=vlm) as server:
+                answer, done = send(server.url)
+        else:
+            answer, done = send(base_url)
+        watch.settle()
     if not done:
-        print("The stream did not end with 'data: [DONE]'.")
-        return False
-    if vlm is not None:
-        url = next(p["image_url"]["url"] for p in body["messages"][0]["content"] if p["type"] == "image_url")
-        max_new_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-        want = chat.generate(vlm, [chat.user(load_image(url), QUESTION)], max_new_tokens=max_new_tokens).text
-        if answer != want:
-            print(f"The server streamed {answer!r} but chat.generate says {want!r}: they should be equal.")
-            return False
-    print(f"Correct: the server streamed {answer!r} for your request.")
-    return True
+        raise wrong("the stream did not end with 'data: [DONE]'.")
+    call = matching_call(vlm, watch, messages)
+    if call is None:
+        raise wrong(explain_mismatch(vlm, watch, messages, "the server") +
+                    (" Is base_url a server started in this process on this vlm?" if base_url else ""))
+    if answer != reply_text(vlm, call):
+        raise wrong(f"the server streamed {answer!r}, which is not the model's reply to your request.")
+    return correct(f"the server ran the model on scene {SEED} and your question, and streamed its reply {answer!r}.")
