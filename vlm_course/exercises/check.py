@@ -100,11 +100,10 @@ class ModelWatch:
             try:
                 out = original(*args, **kwargs)
             except BaseException as e:  # GreenletExit included: a stream closed early ends here
-                call.error = e
+                call.error, call.done = e, True
                 raise
-            finally:
-                call.done = True
             call.output = _cpu(getattr(out, "sequences", out))
+            call.done = True  # after the output: another thread waits on `done`, then reads it
             return out
 
         def count(module, args, output):
