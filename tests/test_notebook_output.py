@@ -73,3 +73,24 @@ def test_lesson_shows_no_stderr_and_no_bar_for_sub_second_work(name, monkeypatch
     assert result.errors == [], result.errors
     assert result.stderr == [], f"{name} wrote to stderr: {result.stderr}"
     assert result.sub_second_bars == [], f"{name} drew bars for sub-second work: {result.sub_second_bars}"
+
+
+def test_bench_suite_runs_a_real_kernel_and_counts_what_it_showed(tmp_path):
+    """End to end through `vlm-course bench --suite notebook-output`: a kernel that writes to stderr, draws a
+    bar for a few microseconds of work and loads the tiny model (whose weight-loading bar must not show)."""
+    import json
+
+    from vlm_course import bench
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell('import sys\nprint("noise", file=sys.stderr)'),
+                nbformat.v4.new_code_cell('from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc="quick"):\n    pass'),
+                nbformat.v4.new_code_cell('from vlm_course.models import load_vlm\nvlm = load_vlm(device="cpu")\nvlm')]
+    path = tmp_path / "probe.ipynb"
+    nbformat.write(nb, path)
+    assert bench.main(["--suite", "notebook-output", "--notebooks", str(path), "--out", str(tmp_path), "--name", "out"]) == 0
+    [row] = json.loads((tmp_path / "out.json").read_text())
+    assert [s["cell"] for s in row["stderr"]] == [0]
+    assert [(b["desc"], b["elapsed_s"]) for b in row["bars"]] == [("quick", 0)]  # and no "Loading weights"
+    assert row["errors"] == []

@@ -361,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "gpu: idefics2-8b at real size with random weights (vlm_course/gpu_check.py); "
                         "notebooks: each notebook's peak memory, its whole process tree (vlm_course/notebook_memory.py); "
                         "notebook-output: each notebook's stderr outputs and progress bars (vlm_course/notebook_output.py)")
-    p.add_argument("--notebooks", default=None, help="with --suite notebooks: numbers or paths, e.g. 05,07 (default: all)")
+    p.add_argument("--notebooks", default=None,
+                   help="with --suite notebooks or notebook-output: numbers or paths, e.g. 05,07 (default: all)")
     p.add_argument("--limit-gb", type=float, default=2.0,
                    help="with --suite notebooks: the memory a notebook's process tree must stay under (Binder: 2)")
     p.add_argument("--size", default="real", choices=["real", "small"],
@@ -405,9 +406,11 @@ def _run_cli(args) -> int:
 
         return run_cli(args.notebooks, args.model, args.out, args.name, timeout=900, limit_bytes=int(args.limit_gb * 1e9))
     if args.suite == "notebook-output":  # stderr outputs and progress bars of every notebook (vlm_course/notebook_output.py)
+        from .notebook_memory import find_notebooks
         from .notebook_output import main as notebook_output
 
-        return notebook_output(["--json", str(Path(args.out) / f"{args.name or 'notebook-output'}.json")]
+        return notebook_output([str(p) for p in find_notebooks(args.notebooks)]
+                               + ["--json", str(Path(args.out) / f"{args.name or 'notebook-output'}.json")]
                                + (["--model", args.model] if args.model else []))
     if args.suite == "gpu":
         from .gpu_check import format_report, run_gpu_check
