@@ -91,6 +91,21 @@ def test_benchmark_of_two_configurations_keeps_its_labels_apart():
     assert all(not legend.overlaps(ax.get_window_extent()) for ax in fig.axes)
 
 
+def test_weights_and_peaks_marks_the_published_peaks_on_their_own_rows():
+    weights = {"float32": 33.6, "bfloat16": 16.81, "float16": 16.81, "bnb-8bit": 8.68, "bnb-4bit": 5.11}
+    peaks = {"float32": 38.8, "bfloat16": 22.2, "float16": 21.3, "bnb-4bit": 9.2}
+    fig = plots.weights_and_peaks(weights, peaks)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(weights)
+    [markers] = ax.collections
+    assert [tuple(p) for p in markers.get_offsets()] == [(38.8, 0), (22.2, 1), (21.3, 2), (9.2, 4)]
+    assert fig.get_figwidth() <= plots.WIDTH
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    assert not legend.overlaps(ax.get_window_extent())
+    assert _overlaps(_text_extents(fig)) == []
+
+
 def test_architecture_reads_its_token_counts_from_the_configs():
     from vlm_course.models import TINY_MODEL_DIR
 

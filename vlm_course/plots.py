@@ -73,7 +73,7 @@ def show_images(images, titles=None, size: float = 2.3, ncols: int | None = None
     return fig
 
 
-# ---------------------------------------------------------------- benchmarks (lessons 04 and 05)
+# ---------------------------------------------------------------- benchmarks and memory (lessons 04 and 05)
 
 def benchmark(rows: list[dict], title: str = "benchmark"):
     """Weights, decoding speed and answer quality of each configuration of `vlm_course.bench.run`.
@@ -142,6 +142,41 @@ def benchmark(rows: list[dict], title: str = "benchmark"):
     device = next((r["device"] for r in rows if r.get("device")), "?")
     fig.suptitle(f"{title} ({device})", fontsize=TEXT + 1)
     fig.tight_layout(rect=(0, legend_inches / height, 1, 1), w_pad=1.5)  # the legend below the panels
+    return fig
+
+
+def weights_and_peaks(weights: dict[str, float], peaks: dict[str, float] | None = None,
+                      title: str = "idefics2-8b: weights vs published peak", unit: str = "GB"):
+    """One row a variant: its weights as a bar with the value written beside it and, where known, a
+    published peak memory as a marker on the same row (lesson 05's calculator); the legend below."""
+    plt = _pyplot()
+    peaks = peaks or {}
+    names = list(weights)
+    height = max(2.6, 1.5 + 0.36 * len(names))
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.8, height))
+    y = list(range(len(names)))
+    ax.barh(y, [weights[n] for n in names], color="tab:blue", height=0.6, label="weights (estimate from the config)")
+    top = max(list(weights.values()) + list(peaks.values()) + [1e-9])
+    for i, name in enumerate(names):
+        ax.text(weights[name] + 0.01 * top, i, f"{weights[name]:.2f}", va="center", ha="left", fontsize=SMALL)
+    marked = [(peaks[n], i) for i, n in enumerate(names) if n in peaks]
+    if marked:
+        ax.scatter([p for p, _ in marked], [i for _, i in marked], marker="D", s=45, color="tab:red", zorder=3,
+                   label="published peak (model card)")
+        for value, i in marked:
+            ax.text(value + 0.01 * top, i - 0.34, f"peak {value:.1f}", va="center", ha="left", fontsize=SMALL,
+                    color="tab:red")
+    ax.set_yticks(y)
+    ax.set_yticklabels(names)
+    ax.set_ylim(len(names) - 0.5, -0.7)
+    ax.set_xlim(0, 1.15 * top)
+    ax.set_xlabel(unit, fontsize=TEXT)
+    ax.tick_params(labelsize=TEXT)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.set_title(title, fontsize=TEXT + 1)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=SMALL, loc="lower left", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / height, 1, 1))
     return fig
 
 
