@@ -32,6 +32,7 @@ from typing import Any
 
 from .errors import BackendError, VLMCourseError
 from .models import ATTENTION_BACKENDS, QUANT_METHODS, TINY_MODEL_DIR, default_model_id
+from .quiet import short_bars
 
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
                  "float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "auto": "auto"}
@@ -312,7 +313,8 @@ def random_weights_model(config: str, out_dir: str | os.PathLike, dtype: str = "
     end = processor.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
     model.generation_config.eos_token_id = [end]
     out = Path(out_dir)
-    model.save_pretrained(out)
+    with short_bars():  # a bar only when the save takes over a second (idefics2-8b's 17 GB does)
+        model.save_pretrained(out)
     processor.save_pretrained(out)
     del model
     return out

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from .errors import ModelNotFoundError
+from .quiet import short_bars
 
 DATA_DIR = Path(__file__).parent / "data"
 LIKE = {"idefics2-8b": DATA_DIR / "idefics2-8b-config.json"}
@@ -119,7 +120,8 @@ def build_test_model(out_dir: str | os.PathLike, like: str = "idefics2-8b", seed
     gen.eos_token_id = [tokenizer.eos_token_id, ids["<end_of_utterance>"]]
     gen.do_sample, gen.max_new_tokens = False, 64
     out = Path(out_dir).expanduser()
-    model.save_pretrained(out)
+    with short_bars():  # 5 MB: no "Writing model shards" bar for a save under a second
+        model.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "README.md").write_text(
         f"# Test model shaped like {like}\n\nRandom weights (seed {seed}), built by `vlm-course build-test-model "
