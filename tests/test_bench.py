@@ -132,3 +132,17 @@ def test_bench_honours_vlm_course_model(tmp_path, monkeypatch, test_model_dir):
     assert code == 0
     rows = json.loads((tmp_path / "bench.json").read_text())
     assert rows[0]["estimate_bytes"] == estimate(test_model_dir).bytes != estimate("tiny").bytes
+
+
+def test_results_table_is_a_dataframe_with_readable_units():
+    rows = [{"config": "fp32", "model_bytes": 3_200_000, "estimate_bytes": 3_232_000, "peak_bytes": 5_000_000,
+             "load_s": 0.123, "ttft_s": 0.0123, "prefill_tok_s": 1200.4, "decode_tok_s": 300.2, "quality": 0.9,
+             "save_reload": "yes"},
+            {"config": "bnb-4bit", "model_bytes": 1_200_000, "estimate_bytes": 1_200_000, "quality": None},
+            {"config": "torchao-int8", "error": "ImportError: no torchao"}]
+    table = bench.to_dataframe([{c: r.get(c) for c in bench.COLUMNS} for r in rows])
+    assert list(table.index) == ["fp32", "bnb-4bit", "torchao-int8"]
+    assert table.loc["fp32", "weights MB"] == 3.2 and table.loc["fp32", "TTFT ms"] == 12.3
+    assert table.loc["bnb-4bit", "% of fp32"] == 37.5 and table.loc["fp32", "estimate off %"] == 1.0
+    assert table.loc["fp32", "quality %"] == 90 and table.loc["torchao-int8", "error"] == "ImportError: no torchao"
+    assert "error" not in bench.to_dataframe([{c: r.get(c) for c in bench.COLUMNS} for r in rows[:2]]).columns

@@ -13,6 +13,7 @@ import time
 
 import nbformat
 import pytest
+from _need import need  # skips outside CI, fails in CI
 
 from vlm_course.notebook_memory import TreeSampler, find_notebooks, measure_notebook
 
@@ -115,3 +116,38 @@ def test_notebooks_are_chosen_by_number():
 
     with pytest.raises(VLMCourseError, match="No single notebook"):
         find_notebooks("99")
+
+
+def test_amounts_of_memory_parse_like_kubernetes_writes_them():
+    from vlm_course.errors import VLMCourseError
+    from vlm_course.system import parse_bytes
+
+    assert parse_bytes("2G") == parse_bytes("2GB") == parse_bytes("2000000000") == 2_000_000_000
+    assert parse_bytes("2Gi") == 2 * 1024 ** 3 and parse_bytes("512M") == 512_000_000 and parse_bytes("1.5g") == 1.5e9
+    for bad in ("lots", "2 apples", ""):
+        with pytest.raises(VLMCourseError, match="not an amount of memory"):
+            parse_bytes(bad)
+
+
+def test_a_session_told_its_limit_counts_what_it_already_holds(monkeypatch):
+    from vlm_course.system import MEMORY_LIMIT_ENV, available_memory, tree_rss
+
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "2G")
+    held = tree_rss()
+    assert held > 10 * MB  # this Python process at least
+    assert 0 < available_memory() <= 2_000_000_000 - held + 50 * MB  # a little slack: memory moves between reads
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "1M")  # less than this process already holds
+    assert available_memory() == 0
+
+
+def test_ray_serve_is_skipped_with_a_reason_where_memory_is_short(monkeypatch):
+    need("pydantic")
+    from vlm_course import system
+    from vlm_course.serve.ray_app import RAY_SERVE_BYTES, ray_memory_shortfall
+
+    monkeypatch.setenv(system.MEMORY_LIMIT_ENV, "1G")  # less than Ray alone takes
+    reason = ray_memory_shortfall(model_bytes=3_000_000)
+    assert reason and "Binder" in reason and "left" in reason
+    monkeypatch.setattr(system, "available_memory", lambda: RAY_SERVE_BYTES + 3_000_000)
+    assert ray_memory_shortfall(model_bytes=3_000_000) is None
+    assert ray_memory_shortfall(model_bytes=4_000_000) is not None

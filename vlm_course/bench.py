@@ -286,6 +286,44 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def to_dataframe(rows: list[dict], baseline: str = "fp32"):
+    """The main columns as a pandas DataFrame, one row per configuration (Jupyter shows it as a table that
+    does not wrap): sizes in MB, the weights as a share of the `baseline` configuration's, times in ms,
+    quality in percent; a configuration that failed keeps its error and empty numbers."""
+    try:
+        import pandas as pd
+    except ImportError:
+        from .errors import missing_extra
+
+        raise missing_extra("pandas", "course") from None
+
+    def number(v, scale=1.0, digits=1):
+        return round(v * scale, digits) if isinstance(v, (int, float)) else None
+
+    base = next((r["model_bytes"] for r in rows if r["config"] == baseline and not r.get("error")), None)
+    records = []
+    for r in rows:
+        weights = r.get("model_bytes")
+        records.append({
+            "config": r["config"],
+            "weights MB": number(weights, 1e-6, 2),
+            f"% of {baseline}": number(weights / base, 100, 1) if weights and base else None,
+            "estimate off %": number(r["estimate_bytes"] / weights - 1, 100, 2) if weights and r.get("estimate_bytes") else None,
+            "peak MB": number(r.get("peak_bytes"), 1e-6, 1),
+            "load s": number(r.get("load_s"), 1, 2),
+            "TTFT ms": number(r.get("ttft_s"), 1000, 1),
+            "prefill tok/s": number(r.get("prefill_tok_s"), 1, 0),
+            "decode tok/s": number(r.get("decode_tok_s"), 1, 0),
+            "quality %": number(r.get("quality"), 100, 0),
+            "save/reload": r.get("save_reload") or "",
+            "error": r.get("error") or "",
+        })
+    table = pd.DataFrame.from_records(records).set_index("config")
+    if not table["error"].any():
+        table = table.drop(columns="error")
+    return table
+
+
 # ---------------------------------------------------------------- random weights at any scale
 
 def random_weights_model(config: str, out_dir: str | os.PathLike, dtype: str = "bfloat16",
@@ -366,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", default=None,
                    help="with --suite notebooks or notebook-output: numbers or paths, e.g. 05,07 (default: all)")
     p.add_argument("--limit-gb", type=float, default=2.0,
-                   help="with --suite notebooks: the memory a notebook's process tree must stay under (Binder: 2)")
+                   help="with --suite notebooks: the memory each notebook's kernel is told it has and its process "
+                        "tree must stay under (Binder: 2)")
     p.add_argument("--size", default="real", choices=["real", "small"],
                    help="with --suite gpu: 'small' runs the same check on the small test model (any machine)")
     p.add_argument("--configs", default=None, help="comma-separated specs, e.g. fp32,bf16+sdpa,bnb-4bit (overrides --suite)")

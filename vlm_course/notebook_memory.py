@@ -136,7 +136,9 @@ class NotebookMemory:
 def measure_notebook(path: str | os.PathLike, *, model: str | None = None, timeout: int = 900,
                      interval: float = 0.05, limit_bytes: int = BINDER_LIMIT_BYTES) -> NotebookMemory:
     """Execute a notebook top to bottom in a fresh kernel (as nbmake does: nbclient, the notebook's own
-    folder as working directory) while sampling the kernel's whole process tree."""
+    folder as working directory) while sampling the kernel's whole process tree. The kernel is told it has
+    `limit_bytes` (VLM_COURSE_MEMORY_LIMIT, unless already set), as a Binder session would have, so that a
+    section too big for it skips as it would there (vlm_course.system.available_memory)."""
     try:
         import nbformat
         from nbclient import NotebookClient
@@ -146,11 +148,15 @@ def measure_notebook(path: str | os.PathLike, *, model: str | None = None, timeo
 
         raise missing_extra("nbclient", "course") from None
 
+    from .system import MEMORY_LIMIT_ENV
+
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    saved = os.environ.get("VLM_COURSE_MODEL")
+    env = {MEMORY_LIMIT_ENV: os.environ.get(MEMORY_LIMIT_ENV) or str(limit_bytes)}  # the kernel inherits these
     if model:
-        os.environ["VLM_COURSE_MODEL"] = str(Path(model).resolve()) if Path(model).exists() else model
+        env["VLM_COURSE_MODEL"] = str(Path(model).resolve()) if Path(model).exists() else model
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
                             resources={"metadata": {"path": str(path.parent.resolve())}})
     error = None
@@ -164,11 +170,11 @@ def measure_notebook(path: str | os.PathLike, *, model: str | None = None, timeo
                 lines = [line for line in text.strip().splitlines() if line.strip()]
                 error = f"{type(e).__name__}: {lines[-1] if lines else ''}"[:300]
     finally:
-        if model:
-            if saved is None:
-                os.environ.pop("VLM_COURSE_MODEL", None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
             else:
-                os.environ["VLM_COURSE_MODEL"] = saved
+                os.environ[name] = value
     return NotebookMemory(path.name, sampler.peak_bytes, sampler.peak_processes, time.perf_counter() - start,
                           model or os.environ.get("VLM_COURSE_MODEL") or "tiny", error, sampler.peak_by_name,
                           limit_bytes)

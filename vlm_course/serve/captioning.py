@@ -63,11 +63,9 @@ class CaptionRequest(BaseModel):
 
 
 def _serve():
-    try:
-        from ray import serve
-    except ImportError:
-        raise missing_extra("ray[serve]", "ray") from None
-    return serve
+    from .ray_app import _serve  # one import of ray.serve, quieted the same way
+
+    return _serve()
 
 
 def _error(status: int, message: str, code: str, param: Optional[str] = None):

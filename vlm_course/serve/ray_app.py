@@ -15,6 +15,7 @@ router spreads requests over replicas; each replica batches what it receives.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import signal
 import threading
 from typing import Any, Optional
@@ -75,6 +76,9 @@ def _serve():
         from ray import serve
     except ImportError:
         raise missing_extra("ray[serve]", "ray") from None
+    # Importing ray.serve gives its logger a handler of its own at INFO: every start, deploy and shutdown step
+    # would print a timestamped line (red in a notebook). Warnings and errors still show.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     return serve
 
 
@@ -108,15 +112,60 @@ def start_ray(config: RayServeConfig, host: str = "127.0.0.1", port: int = 8000,
     return f"http://{host}:{port}"
 
 
+# What a local Ray Serve instance adds to the memory of the process that starts it, besides the replica's copy of
+# the weights: GCS, raylet, the dashboard head and agent, the runtime-env agent, the autoscaler and log monitors,
+# Serve's controller and HTTP proxy, and a replica importing torch and transformers. Measured with
+# `vlm-course bench --suite notebooks` on notebook 07 (tiny model, Ray 2.60, summed RSS): 1.66 GB, of which
+# the replica 0.55, Serve's controller and proxy 0.20 each, Ray's agents and monitors 0.10-0.15 each.
+RAY_SERVE_BYTES = 1_700_000_000
+# Ray's object store carries only the requests and replies here: room for ten of the largest request bodies the
+# server accepts (20 MB) at once, and it spills to disk beyond. Ray's default, 30% of the machine's memory, is
+# shared memory it may fill: more than a small machine should give it.
+OBJECT_STORE_BYTES = 200_000_000
+
+
+def ray_memory_shortfall(model_bytes: int = 0) -> Optional[str]:
+    """Why a local Ray Serve instance with one replica of a model of `model_bytes` would not fit in the memory
+    this session has left (vlm_course.system.available_memory), or None when it fits."""
+    from ..memory import format_bytes
+    from ..system import available_memory
+
+    need, room = RAY_SERVE_BYTES + model_bytes, available_memory()
+    if need <= room:
+        return None
+    return (f"a local Ray Serve instance with one replica needs about {format_bytes(need)} more (Ray's own processes "
+            f"{format_bytes(RAY_SERVE_BYTES)}, plus the replica's copy of the weights), and this session has "
+            f"{format_bytes(room)} left (Binder gives a session about 2 GB in all). Run this section where there is "
+            "more memory: a laptop (make lab) or Colab.")
+
+
+class _DropTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
+
+
 def init_ray(num_cpus: Optional[int] = None) -> None:
     """Connect to Ray, starting a local instance for this process unless one runs (or RAY_ADDRESS names one)."""
+    import os
+
+    # No usage-statistics notice, and no attempt to report them to Ray's servers from a learner's machine.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
+
+    # Ray >= 2.5x turns token authentication on for every new local instance (good: it stays on) and logs a
+    # warning saying so at each start, which asks nothing of a learner. Only that notice is dropped.
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropTokenNotice) for f in logger.filters):
+        logger.addFilter(_DropTokenNotice())
 
     for attempt in (1, 2):
         if ray.is_initialized():
             break
         try:  # a local instance for this process; set RAY_ADDRESS to join an existing cluster instead
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            # log_to_driver=False: the replicas' INFO lines stay in Ray's log files (/tmp/ray/session_latest/logs),
+            # not in the notebook; errors still reach the caller as exceptions.
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     object_store_memory=None if os.environ.get("RAY_ADDRESS") else OBJECT_STORE_BYTES)
         except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception when its node fails to start
             # Ray's raylet gives its Python agents a fixed 15 s to start; on a machine whose CPUs are busy
             # they can miss it. One retry, then a clear error.
