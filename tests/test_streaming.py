@@ -338,9 +338,9 @@ BOTH_MODELS = pytest.mark.parametrize("model", ["vlm", "test_vlm"])  # the tiny 
 
 
 def _threads():
-    """The live threads. Tests compare what is new since a point: threads the loaders left (tqdm's monitor, a
-    pool) may end in between, and that is not this test's business."""
-    return {t for t in threading.enumerate() if t.is_alive()}
+    """The live threads that thread_stream started (it names them). Compared with what was there before a test:
+    other threads (tqdm's monitor, a loader's pool) may come and go meanwhile, and are not this test's business."""
+    return {t for t in threading.enumerate() if t.is_alive() and t.name == "vlm-course generate"}
 
 
 @BOTH_MODELS
@@ -477,7 +477,7 @@ def test_thread_stream_times_out_when_generate_never_produces(request, model):
             s = thread_stream(vlm, _conversations()[0], max_new_tokens=400, timeout=0.5)
             with pytest.raises(GenerationTimeout, match="No text from generate"):
                 next(s)
-            assert s.running and not release.is_set()  # the reader gave up while generate was still stuck
+            assert s.running and s.thread in _threads() and not release.is_set()  # gave up while generate was stuck
             release.set()
             s.close()  # generate stops after its current step; the thread is joined
             return s
