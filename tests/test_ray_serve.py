@@ -99,3 +99,26 @@ def test_ray_serve_batches_concurrent_requests(ray_url, expected):
     assert health["status"] == "ok" and stats["rows"] >= len(seeds) + 2
     # Batched: while the replica works on one batch the other requests queue, so some batch held several rows.
     assert stats["largest_batch"] >= 2 and stats["batches"] < stats["rows"], stats
+
+
+def test_ray_noise_is_dropped_at_its_source():
+    import logging
+
+    from vlm_course.serve import ray_app
+
+    ray_app._serve()
+    assert logging.getLogger("ray.serve").getEffectiveLevel() == logging.WARNING  # Serve's INFO steps stay quiet
+    ray_app._drop_token_notice()
+    ray_app._drop_token_notice()  # once is enough: no second filter
+    logger = logging.getLogger(ray_app.TOKEN_LOGGER)
+    assert sum(isinstance(f, ray_app._DropTokenNotice) for f in logger.filters) == 1
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logger.addHandler(handler)
+    try:
+        logger.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+        logger.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage()[:36] for r in seen] == ["Token authentication is disabled for"]  # a real warning stays

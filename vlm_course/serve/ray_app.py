@@ -139,9 +139,20 @@ def ray_memory_shortfall(model_bytes: int = 0) -> Optional[str]:
             "more memory: a laptop (make lab) or Colab.")
 
 
+TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
 class _DropTokenNotice(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
+
+
+def _drop_token_notice() -> None:
+    """Ray >= 2.5x turns token authentication on for every new local instance (good: it stays on) and logs a
+    warning saying so at each start, which asks nothing of a learner. Only that notice is dropped."""
+    logger = logging.getLogger(TOKEN_LOGGER)
+    if not any(isinstance(f, _DropTokenNotice) for f in logger.filters):
+        logger.addFilter(_DropTokenNotice())
 
 
 def init_ray(num_cpus: Optional[int] = None) -> None:
@@ -152,11 +163,7 @@ def init_ray(num_cpus: Optional[int] = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    # Ray >= 2.5x turns token authentication on for every new local instance (good: it stays on) and logs a
-    # warning saying so at each start, which asks nothing of a learner. Only that notice is dropped.
-    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    if not any(isinstance(f, _DropTokenNotice) for f in logger.filters):
-        logger.addFilter(_DropTokenNotice())
+    _drop_token_notice()
 
     for attempt in (1, 2):
         if ray.is_initialized():
