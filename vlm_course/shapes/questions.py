@@ -90,14 +90,14 @@ def more_shapes(first: Scene, second: Scene) -> str:
 # Each takes `colours` (the palette, default the six of COLOURS) and `include` (a colour every scene must
 # show, default none): lesson 09 asks the same questions about scenes with pink in them.
 
-def ask_describe(rng, render, colours=None, include=None):
-    s = random_scene(rng, colours=colours, include=include)
-    return Sample("describe", [user(render(s, rng), rng.choice(DESCRIBE_QUESTIONS)), assistant(s.describe())],
-                  s.describe(), [s])
+# Each question about a scene: (question, answer) for a scene already drawn, so that a follow-up turn can ask
+# it about the image already in the conversation. The ask_* families below draw the scene and call these.
+
+def question_describe(s, rng, colours=None):
+    return rng.choice(DESCRIBE_QUESTIONS), s.describe()
 
 
-def ask_attribute(rng, render, colours=None, include=None):
-    s = random_scene(rng, colours=colours, include=include)
+def question_attribute(s, rng, colours=None):
     if rng.random() < 0.5:  # colour of a shape
         shape = rng.choice([t.shape for t in s.things] if rng.random() < 0.85 else SHAPES)
         found = [t.colour for t in s.things if t.shape == shape]
@@ -108,11 +108,10 @@ def ask_attribute(rng, render, colours=None, include=None):
         shapes = [with_article(t.shape) for t in s.things if t.colour == colour]
         q = rng.choice(("What shape is the {} one?", "What shape is the {} object?")).format(colour)
         a = join_names(shapes) + "." if shapes else f"there is nothing {colour}."
-    return Sample("attribute", [user(render(s, rng), q), assistant(a)], a, [s])
+    return q, a
 
 
-def ask_count(rng, render, colours=None, include=None):
-    s = random_scene(rng, colours=colours, include=include)
+def question_count(s, rng, colours=None):
     kind = rng.random()
     if kind < 0.4:
         q, n = rng.choice(("How many shapes are there?", "How many objects are there?")), len(s.things)
@@ -122,12 +121,10 @@ def ask_count(rng, render, colours=None, include=None):
     else:
         colour = rng.choice([t.colour for t in s.things] if rng.random() < 0.7 else list(colours or COLOURS))
         q, n = f"How many {colour} shapes are there?", sum(t.colour == colour for t in s.things)
-    a = NUMBERS[n] + "."
-    return Sample("count", [user(render(s, rng), q), assistant(a)], a, [s])
+    return q, NUMBERS[n] + "."
 
 
-def ask_exists(rng, render, colours=None, include=None):
-    s = random_scene(rng, colours=colours, include=include)
+def question_exists(s, rng, colours=None):
     present = rng.random() < 0.5
     kind = rng.random()
     if kind < 0.4:  # a shape
@@ -145,20 +142,44 @@ def ask_exists(rng, render, colours=None, include=None):
         pool = sorted(found) if present else sorted(set(colours or COLOURS) - found)
         colour = rng.choice(pool)
         q, yes = f"Is there anything {colour}?", colour in found
-    a = "yes." if yes else "no."
-    return Sample("exists", [user(render(s, rng), q), assistant(a)], a, [s])
+    return q, "yes." if yes else "no."
 
 
-def ask_position(rng, render, colours=None, include=None):
-    s = random_scene(rng, colours=colours, include=include)
+def question_position(s, rng, colours=None):
     if rng.random() < 0.9:
         t = rng.choice(s.things)
-        q, a = f"Where is the {t.name}?", f"{t.position}."
-    else:
-        names = {t.name for t in s.things}
-        name = rng.choice(sorted({f"{c} {sh}" for c in colours or COLOURS for sh in SHAPES} - names))
-        q, a = f"Where is the {name}?", f"there is no {name}."
-    return Sample("position", [user(render(s, rng), q), assistant(a)], a, [s])
+        return f"Where is the {t.name}?", f"{t.position}."
+    names = {t.name for t in s.things}
+    name = rng.choice(sorted({f"{c} {sh}" for c in colours or COLOURS for sh in SHAPES} - names))
+    return f"Where is the {name}?", f"there is no {name}."
+
+
+def question_description(s, rng, colours=None):
+    return rng.choice(DETAIL_QUESTIONS), detailed_description(s)
+
+
+QUESTIONS: dict[str, Callable] = {"describe": question_describe, "attribute": question_attribute,
+                                  "count": question_count, "exists": question_exists,
+                                  "position": question_position, "description": question_description}
+
+
+def ask_describe(rng, render, colours=None, include=None):
+    s = random_scene(rng, colours=colours, include=include)
+    image = render(s, rng)  # drawn before the question is chosen: the seeded evaluation sets stay as they were
+    q, a = question_describe(s, rng)
+    return Sample("describe", [user(image, q), assistant(a)], a, [s])
+
+
+def _ask_one(family):
+    def ask(rng, render, colours=None, include=None):
+        s = random_scene(rng, colours=colours, include=include)
+        q, a = QUESTIONS[family](s, rng, colours)
+        return Sample(family, [user(render(s, rng), q), assistant(a)], a, [s])
+    ask.__name__ = f"ask_{family}"
+    return ask
+
+
+ask_attribute, ask_count, ask_exists, ask_position = map(_ask_one, ("attribute", "count", "exists", "position"))
 
 
 def ask_two_images(rng, render, colours=None, include=None):
@@ -181,8 +202,52 @@ def ask_multi_turn(rng, render, colours=None, include=None):
 
 def ask_description(rng, render, colours=None, include=None):
     s = random_scene(rng, colours=colours, include=include)
-    a = detailed_description(s)
-    return Sample("description", [user(render(s, rng), rng.choice(DETAIL_QUESTIONS)), assistant(a)], a, [s])
+    image = render(s, rng)
+    q, a = question_description(s, rng)
+    return Sample("description", [user(image, q), assistant(a)], a, [s])
+
+
+def ask_follow_up(rng, render, colours=None, include=None):
+    """Text-only follow-up questions about the images already in the conversation, after any first answer.
+
+    Mostly one image, then one or two follow-ups of any single-image family. Sometimes the follow-up comes
+    after a second image ("And how about this image?": it is about that one), or it is the other question
+    about two images."""
+    s = random_scene(rng, colours=colours, include=include)
+    kind = rng.random()
+    if kind < 0.9:
+        if kind < 0.78:
+            q, a = QUESTIONS[rng.choice(SINGLE_IMAGE)](s, rng, colours)
+            msgs = [user(render(s, rng), q), assistant(a)]
+        else:
+            first = random_scene(rng, colours=colours, include=include)
+            msgs = [user(render(first, rng), rng.choice(DESCRIBE_QUESTIONS)), assistant(first.describe()),
+                    user(FOLLOW_UP, render(s, rng)), assistant(s.describe())]
+        for _ in range(1 if rng.random() < 0.7 else 2):
+            q, a = QUESTIONS[rng.choice(SINGLE_IMAGE)](s, rng, colours)
+            msgs += [user(q), assistant(a)]
+        return Sample("follow_up", msgs, a, [s])
+    first = random_scene(rng, colours=colours, include=include)
+    asked = (DIFFERENCE, MORE) if rng.random() < 0.5 else (MORE, DIFFERENCE)
+    answers = [difference(first, s) if q == DIFFERENCE else more_shapes(first, s) for q in asked]
+    msgs = [user(render(first, rng), render(s, rng), asked[0]), assistant(answers[0]),
+            user(asked[1]), assistant(answers[1])]
+    return Sample("follow_up", msgs, answers[1], [first, s])
+
+
+def ask_outside(rng, render, colours=None, include=None, kind: str | None = None):
+    """A picture from outside the shapes world (photo-like, noise, text, a drawing) and any question about
+    it, even a follow-up: the honest answer is always that the model only knows about shapes."""
+    from .outside import outside_picture
+
+    picture = outside_picture(rng, kind)
+    s = random_scene(rng, colours=colours)  # only to word a question as it would be asked about shapes
+    family = rng.choice(SINGLE_IMAGE + ("unknown",))
+    q = rng.choice(_UNKNOWN_FIXED) if family == "unknown" else QUESTIONS[family](s, rng, colours)[0]
+    msgs = [user(picture, q), assistant(UNKNOWN_ANSWER)]
+    if rng.random() < 0.2:
+        msgs += [user(QUESTIONS[rng.choice(SINGLE_IMAGE)](s, rng, colours)[0]), assistant(UNKNOWN_ANSWER)]
+    return Sample("outside", msgs, UNKNOWN_ANSWER, [])
 
 
 # Questions from outside the shapes world: the model should admit it only knows about shapes.
@@ -218,6 +283,8 @@ FAMILIES: dict[str, Callable] = {
     "multi_turn": ask_multi_turn,
     "description": ask_description,
     "unknown": ask_unknown,
+    "follow_up": ask_follow_up,
+    "outside": ask_outside,
 }
 SINGLE_IMAGE = ("describe", "attribute", "count", "exists", "position", "description")
 
