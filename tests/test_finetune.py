@@ -115,7 +115,7 @@ def test_pink_is_an_extra_colour_that_leaves_the_base_world_unchanged():
     assert NEW_COLOURS["pink"] in {rgb for _, rgb in img.getcolors(4096)}
     # the held-out evaluation of the six colours, byte for byte as it was before pink existed
     h = hashlib.sha256()
-    for family in FAMILIES:
+    for family in list(FAMILIES)[:9]:  # the nine families that existed then (follow_up and outside came later)
         for s in eval_samples(family, 40):
             h.update(repr([[p["text"] if p["type"] == "text" else p["image"].tobytes() for p in m["content"]]
                            for m in s.messages]).encode())

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from vlm_course.shapes import COLOURS, FAMILIES, SHAPES, detailed_description, make_sample, random_scene
+from vlm_course.shapes.questions import DETAIL_QUESTIONS
 from vlm_course.shapes.evaluate import eval_samples, normalise
 from vlm_course.shapes.world import POSITIONS, draw_scene, with_article
 
@@ -167,3 +168,42 @@ def test_evaluation_bars_live_with_the_evaluation(tmp_path):
             "assert set(e.SINGLE_IMAGE_FAMILIES) <= set(e.BARS)")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert (tmp_path / "model" / "README.md").read_text() == (TINY_MODEL_DIR / "README.md").read_text()
+
+
+def test_follow_ups_ask_about_the_image_already_in_the_conversation():
+    """A follow-up is a text-only user turn whose answer is the one its question has about the last image shown."""
+    from vlm_course.shapes.questions import QUESTIONS
+
+    rng = random.Random(3)
+    firsts = set()
+    for _ in range(150):
+        s = make_sample("follow_up", rng)
+        last = s.prompt[-1]["content"]
+        assert [p["type"] for p in last] == ["text"], "the follow-up itself brings no image"
+        assert len(s.images) >= 1 and s.messages[1]["role"] == "assistant"
+        firsts.add(s.messages[0]["content"][-1]["text"])
+        q = last[0]["text"]
+        if len(s.scenes) == 1:  # one image, or a second one shown with "And how about this image?"
+            # on a given scene a question has one answer: replay the question generators on the scene until one
+            # words the same question, and compare
+            scene = s.scenes[0]
+            found = next((a for seed in range(20_000) for f in QUESTIONS
+                          for qq, a in [QUESTIONS[f](scene, random.Random(seed))] if qq == q), None)
+            assert s.answer == found, (q, s.answer, found)
+    assert any(q in DETAIL_QUESTIONS for q in firsts) and any(q.startswith("How many") for q in firsts), \
+        "follow-ups come after every kind of first answer, a detailed description included"
+
+
+def test_outside_pictures_get_the_honest_answer_and_are_seeded():
+    from vlm_course.shapes.evaluate import eval_samples
+    from vlm_course.shapes.outside import KINDS, outside_picture
+    from vlm_course.shapes.questions import UNKNOWN_ANSWER
+
+    for kind in KINDS:
+        a, b = outside_picture(random.Random(5), kind), outside_picture(random.Random(5), kind)
+        assert a.tobytes() == b.tobytes() and a.mode == "RGB"
+        assert len(set(a.resize((32, 32)).getdata())) > 2, f"{kind}: a picture, not a blank canvas"
+    samples = eval_samples("outside", 8)
+    assert all(s.answer == UNKNOWN_ANSWER and len(s.images) == 1 and not s.scenes for s in samples)
+    questions = {s.prompt[-1]["content"][-1]["text"] for s in eval_samples("outside", 60)}
+    assert len(questions) > 20, "any question, not one wording"

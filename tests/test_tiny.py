@@ -36,7 +36,7 @@ def test_labels_cover_only_the_answers_and_their_end_token(tokenizer):
     for row in range(8):
         labelled = batch["labels"][row][batch["labels"][row] != -100].tolist()
         decoded = tokenizer.decode(labelled)
-        assert decoded.count("<end_of_utterance>") in (1, 2)  # one answer, or two in a multi-turn dialogue
+        assert decoded.count("<end_of_utterance>") in (1, 2, 3)  # one answer, or one a turn of a longer dialogue
         assert "User" not in decoded and "<image>" not in decoded and "Assistant" not in decoded
         assert decoded.endswith("<end_of_utterance>")
 

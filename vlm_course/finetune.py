@@ -153,7 +153,8 @@ def concept_sample(family: str, rng: random.Random, concept: str = "pink", rende
 # outside the world, whose held-out wordings the tuned model otherwise stops recognising (measured: with the
 # base model's own training mix, attribute fell 5-10 points and outside-the-world 6-11).
 FINETUNE_WEIGHTS = {"describe": 1.0, "attribute": 6.0, "count": 1.5, "exists": 1.0, "position": 1.5,
-                    "two_images": 2.0, "multi_turn": 0.8, "description": 1.0, "unknown": 1.0}
+                    "two_images": 2.0, "multi_turn": 0.8, "description": 1.0, "unknown": 1.0,
+                    "follow_up": 1.0, "outside": 0.5}
 
 
 class ConceptConversations(torch.utils.data.IterableDataset):
