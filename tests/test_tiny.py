@@ -106,7 +106,7 @@ def test_schedule_warms_up_holds_and_decays():
 
 
 def test_a_short_training_run_saves_a_loadable_model(tmp_path):
-    out = train_tiny(tmp_path / "tiny", TrainConfig(vision_steps=2, steps=11, warmup=2, polish_steps=0, batch_size=4,
+    out = train_tiny(tmp_path / "tiny", TrainConfig(vision_steps=2, steps=11, warmup=2, polish_steps=0, final_steps=0, batch_size=4,
                                                     checkpoint_every=20), progress=False)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "loss_curve.png"):
         assert (out / name).is_file(), name
@@ -117,7 +117,7 @@ def test_a_short_training_run_saves_a_loadable_model(tmp_path):
     assert log["vision_pretraining"]["steps"] == 2 and log["seconds"] >= log["vision_pretraining"]["seconds"]
     assert log["parameters"]["total"] == sum(log["parameters"][k] for k in ("vision", "connector", "text", "lm_head"))
     before = (out / "model.safetensors").read_bytes()
-    polish(out, TrainConfig(steps=11, polish_steps=2, batch_size=4), progress=False)  # the second stage, resumed
+    polish(out, TrainConfig(steps=11, polish_steps=2, final_steps=0, batch_size=4), progress=False)  # stage 2, resumed
     log = json.loads((out / "training.json").read_text())
     assert log["steps_done"] == 13 and (out / "model.safetensors").read_bytes() != before
     assert "vision_pretraining" in log  # the record of stage 0 survives the resumed stage
@@ -129,13 +129,13 @@ def test_training_is_seeded(tmp_path):
     """The same seed retrains the same weights (the batches come from a worker process); another seed does not."""
     from safetensors.torch import load_file
 
-    cfg = dict(vision_steps=3, steps=4, polish_steps=2, batch_size=4, checkpoint_every=10)
+    cfg = dict(vision_steps=3, steps=4, polish_steps=2, final_steps=2, batch_size=4, checkpoint_every=10)
     runs = {name: load_file(train_tiny(tmp_path / name, TrainConfig(seed=seed, **cfg), progress=False) / "model.safetensors")
             for name, seed in (("first", 0), ("again", 0), ("other", 1))}
     assert runs["first"].keys() == runs["again"].keys()
     assert all(torch.equal(runs["first"][k], runs["again"][k]) for k in runs["first"])
     assert not all(torch.equal(runs["first"][k], runs["other"][k]) for k in runs["first"])
-    # stage 1 is kept, and polishing a copy of it repeats the run's own stage 2 (how polish variants are tried)
+    # stage 1 is kept, and polishing a copy of it repeats the run's own stages 2 and 3 (how polish variants are tried)
     copy = shutil.copytree(tmp_path / "first" / "stage1", tmp_path / "polished")
     polished = load_file(polish(copy, TrainConfig(seed=0, **cfg), progress=False) / "model.safetensors")
     assert all(torch.equal(runs["first"][k], polished[k]) for k in polished)
@@ -155,4 +155,4 @@ def test_polish_without_a_first_stage_says_so(tmp_path):
 
     shutil.copytree(TINY_MODEL_DIR, tmp_path / "m", ignore=shutil.ignore_patterns("training.json"))
     with pytest.raises(ModelNotFoundError, match="has no training.json.*train-tiny"):
-        polish(tmp_path / "m", TrainConfig(steps=3, polish_steps=2, batch_size=4), progress=False)
+        polish(tmp_path / "m", TrainConfig(steps=3, polish_steps=2, final_steps=0, batch_size=4), progress=False)

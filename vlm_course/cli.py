@@ -104,7 +104,7 @@ def cmd_train_tiny(args) -> int:
         return cli_train(args)
     from .tiny.train import TrainConfig, train_tiny
 
-    given = {name: getattr(args, name) for name in ("vision_steps", "steps", "polish_steps", "batch_size", "seed",
+    given = {name: getattr(args, name) for name in ("vision_steps", "steps", "polish_steps", "final_steps", "batch_size", "seed",
                                                     "threads", "workers")}
     cfg = TrainConfig(**{name: value for name, value in given.items() if value is not None})  # else the recipe's
     out = train_tiny(args.out or "runs/tiny", cfg)
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--vision-steps", type=int, help="steps of the vision tower's pretraining (stage 0)")
     sp.add_argument("--steps", type=int, help="steps of the main stage")
     sp.add_argument("--polish-steps", type=int, help="steps of the second, lower-rate stage")
+    sp.add_argument("--final-steps", type=int, help="steps of the third stage (0: none)")
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--seed", type=int)
     sp.add_argument("--threads", type=int, help="torch threads for the model (more rarely helps it)")

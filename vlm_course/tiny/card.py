@@ -41,8 +41,8 @@ Trained from scratch by `vlm-course train-tiny` (`vlm_course/tiny/train.py`), se
 - **Stages 1 and 2, the whole model**: AdamW (betas 0.9/0.98, no weight decay), batch {batch}, peak learning rate {lr}, {warmup} warm-up
   steps, held at the peak for {hold:.0%} of the run, then cosine to {min_lr}; gradient clipping {clip}; {steps1:,} steps;
   then a polishing stage of {polish:,} steps with a fresh optimizer, peak {polish_lr}, cosine to {min_lr}, that
-  draws more of what stage 1 leaves least sure (one of two objects sharing a colour or shape, two images):
-  weights {polish_weights}.
+  draws more of what stage 1 leaves least sure (binding a colour or a place to the right object, follow-ups):
+  weights {polish_weights}; then a third stage like it on fresh draws, {final:,} steps at peak {final_lr}.
 - **Time**: {time}
 
 ![loss curve](loss_curve.png)
@@ -127,7 +127,7 @@ def write_card(model_dir: str | Path) -> Path:
         latents=p["resampler_n_latents"], seed=cfg["seed"], vocab=t["vocab_size"], batch=cfg["batch_size"],
         lr=cfg["lr"], warmup=cfg["warmup"], hold=cfg["hold"], min_lr=cfg["min_lr"], clip=cfg["clip"],
         steps=log["steps_done"], steps1=cfg["steps"], polish=cfg.get("polish_steps", 0),
-        polish_lr=cfg.get("polish_lr", "-"), single=single, single_families=", ".join(SINGLE_IMAGE_FAMILIES), short=short,
+        polish_lr=cfg.get("polish_lr", "-"), final=cfg.get("final_steps", 0), final_lr=cfg.get("final_lr", "-"), single=single, single_families=", ".join(SINGLE_IMAGE_FAMILIES), short=short,
         n=n, eval_rows=eval_rows, perturbed=perturbed,
         weights=_weights(cfg.get("family_weights")),
         time=_time(log),

@@ -31,8 +31,10 @@ FAMILY_WEIGHTS = {"describe": 1.0, "attribute": 1.5, "count": 0.7, "exists": 1.0
                   "follow_up": 1.2, "outside": 0.5}
 # The polishing stage leans on what stage 1 leaves least sure: questions about one of two objects that
 # share a colour or a shape (attribute, count) and comparing two images.
-POLISH_WEIGHTS = {**FAMILY_WEIGHTS, "attribute": 4.5, "count": 1.5, "two_images": 2.0, "position": 1.5,
-                  "description": 1.0, "unknown": 0.3, "outside": 0.3}
+# With follow-ups and outside pictures in the mix, stage 1 left position, existence, descriptions and
+# follow-ups short of their bars (measured: 89%, 94%, 96%, 83%): the polishing stages draw more of them.
+POLISH_WEIGHTS = {**FAMILY_WEIGHTS, "attribute": 4.5, "count": 1.5, "two_images": 1.5, "position": 3.0,
+                  "exists": 2.0, "description": 2.0, "unknown": 0.3, "follow_up": 2.0, "outside": 0.3}
 
 
 @dataclass
@@ -45,8 +47,10 @@ class TrainConfig:
     min_lr: float = 5e-5
     warmup: int = 200
     hold: float = 0.4  # fraction of the run at the peak rate: shapes are learnt late, so keep the rate up
-    polish_steps: int = 1_500  # a second stage with a fresh optimizer at a lower rate
+    polish_steps: int = 2_000  # a second stage with a fresh optimizer at a lower rate
     polish_lr: float = 2e-4
+    final_steps: int = 6_000  # a third, like the second on fresh draws at a higher peak: stage 2 alone left binding short
+    final_lr: float = 4e-4
     weight_decay: float = 0.0
     clip: float = 1.0
     seed: int = 1  # the shipped model's (its card's Limitations say how far seed 0 fell behind)
@@ -143,7 +147,7 @@ def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bo
 
     Stage 0: `cfg.vision_steps` steps of the vision tower alone on patch targets (see vision_pretrain.py).
     Stage 1: `cfg.steps` steps of the whole model on the answers. Stage 2: `cfg.polish_steps` at a lower
-    rate with a fresh optimizer and `cfg.polish_weights`. Stage 1 is also kept in `out_dir/stage1`, so
+    rate with a fresh optimizer and `cfg.polish_weights`; stage 3: `cfg.final_steps` more like it on fresh draws. Stage 1 is also kept in `out_dir/stage1`, so
     `polish(copy_of_it, cfg)` tries another stage 2 in minutes instead of retraining for forty.
     """
     cfg = cfg or TrainConfig()
@@ -166,13 +170,16 @@ def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bo
                             seconds_before=seconds, extra=extra)
     if cfg.polish_steps:
         shutil.copytree(out, out / "stage1", ignore=shutil.ignore_patterns("stage1"), dirs_exist_ok=True)
-        _run(model, processor, cfg.seed + 2_000_003, cfg, out, stage=2, progress=progress, history=history,
+        history, seconds = _run(model, processor, cfg.seed + 2_000_003, cfg, out, stage=2, progress=progress,
+                                history=history, seconds_before=seconds, extra=extra)
+    if cfg.final_steps:
+        _run(model, processor, cfg.seed + 2_000_004, cfg, out, stage=3, progress=progress, history=history,
              seconds_before=seconds, extra=extra)
     return out
 
 
 def polish(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True) -> Path:
-    """Run the second (polishing) stage on a model whose first stage is saved in `out_dir`."""
+    """Run the polishing stages (2, and 3 if cfg.final_steps) on a model whose first stage is saved in `out_dir`."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     cfg = cfg or TrainConfig()
@@ -187,18 +194,27 @@ def polish(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool =
     processor = AutoProcessor.from_pretrained(out)
     model = AutoModelForImageTextToText.from_pretrained(out)
     log = json.loads((out / "training.json").read_text())
-    _run(model, processor, cfg.seed + 2_000_003, cfg, out, stage=2, progress=progress,
-         history=log["history"], seconds_before=log["seconds"], extra={k: log[k] for k in ("vision_pretraining", "cpu_seconds") if k in log})
+    extra = {k: log[k] for k in ("vision_pretraining", "cpu_seconds") if k in log}
+    history, seconds = _run(model, processor, cfg.seed + 2_000_003, cfg, out, stage=2, progress=progress,
+                            history=log["history"], seconds_before=log["seconds"], extra=extra)
+    if cfg.final_steps:
+        _run(model, processor, cfg.seed + 2_000_004, cfg, out, stage=3, progress=progress, history=history,
+             seconds_before=seconds, extra=extra)
     return out
 
 
-def polish_rate(step: int, cfg: TrainConfig) -> float:
-    """The second stage: a short warm-up to polish_lr, then cosine down to min_lr."""
+def polish_rate(step: int, cfg: TrainConfig, steps: int | None = None, peak: float | None = None) -> float:
+    """The second stage (or, with steps and peak, the third): a short warm-up to the peak, then cosine to min_lr."""
+    steps, peak = steps or cfg.polish_steps, peak or cfg.polish_lr
     warmup = 50
     if step < warmup:
-        return cfg.polish_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, cfg.polish_steps - warmup)
-    return cfg.min_lr + 0.5 * (cfg.polish_lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def final_rate(step: int, cfg: TrainConfig) -> float:
+    return polish_rate(step, cfg, cfg.final_steps, cfg.final_lr)
 
 
 def _run(model, processor, data_seed: int, cfg: TrainConfig, out: Path, stage: int, progress: bool,
@@ -208,8 +224,8 @@ def _run(model, processor, data_seed: int, cfg: TrainConfig, out: Path, stage: i
     processor.tokenizer.padding_side = "right"  # training pads on the right; generation (the saved default) on the left
     batches = batch_stream(processor, data_seed, cfg, cfg.family_weights if stage == 1 else cfg.polish_weights)
     model.train()
-    steps, rate = (cfg.steps, learning_rate) if stage == 1 else (cfg.polish_steps, polish_rate)
-    first = 0 if stage == 1 else cfg.steps  # global step numbers continue across stages
+    steps, rate, first = {1: (cfg.steps, learning_rate, 0), 2: (cfg.polish_steps, polish_rate, cfg.steps),  # global
+                          3: (cfg.final_steps, final_rate, cfg.steps + cfg.polish_steps)}[stage]  # step numbers go on
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     history, smoothed = history if history is not None else [], None
     start = time.time() - seconds_before
