@@ -54,7 +54,10 @@ def test_match_checks_the_message():
 def test_show_and_width_shape_the_printed_text(capsys):
     with expect_error(RuntimeError, show=lambda e: str(e).splitlines()[0], width=10):
         raise RuntimeError("first line is long\nsecond line")
-    assert capsys.readouterr().out == "RuntimeError: first l...\n"
+    assert capsys.readouterr().out == "RuntimeError: first ...\n"  # cut between words, not "first l..."
+    with expect_error(RuntimeError, width=12):
+        raise RuntimeError("unbreakablewordthatgoeson")
+    assert capsys.readouterr().out == "RuntimeError: unbreaka ...\n"
 
 
 def _handlers(source: str):

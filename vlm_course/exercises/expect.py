@@ -48,7 +48,8 @@ class expect_error:  # noqa: N801 - used as `with expect_error(...)`, like pytes
                                  f"{self.match!r}: {exc}") from exc
         self.error = exc
         text = self.show(exc) if self.show is not None else str(exc)
-        if self.width is not None and len(text) > self.width:
-            text = text[: self.width - 3] + "..."
+        if self.width is not None and len(text) > self.width:  # cut between words, never inside one
+            cut = text.rfind(" ", 0, self.width - 4)
+            text = text[: cut if cut > 0 else self.width - 4].rstrip(" ,;:") + " ..."
         print(f"{self.label + ': ' if self.label else ''}{exc_type.__name__}: {text}")
         return True  # the error was the point of the cell: swallow it
