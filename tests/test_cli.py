@@ -45,15 +45,15 @@ def test_ask_streams_and_reports_usage(tmp_path):
 
 
 def test_eval_prints_a_table_and_writes_the_scores(tmp_path):
-    out = run("eval", "--n", "12", "--families", "describe,position", "--no-perturbed", "--json", str(tmp_path / "s.json"),
+    out = run("eval", "--n", "12", "--families", "two_images,position", "--no-perturbed", "--json", str(tmp_path / "s.json"),
               "--strict")
     scores = json.loads((tmp_path / "s.json").read_text())
     below = [f for f, v in scores.items() if v["accuracy"] < BARS[f]]
     assert out.returncode == (1 if below else 0), (below, out.stderr[-2000:])  # --strict: the bars decide the exit code
-    assert below == ["describe"]  # this fixed sample: 11/12 under describe's 0.98 bar, so --strict's failing side runs
-    assert "describe" in out.stdout and "position" in out.stdout and "accuracy" in out.stdout
+    assert below == ["two_images"]  # this fixed sample: 11/12 under two_images' 0.95 bar, so --strict's failing side runs
+    assert "two_images" in out.stdout and "position" in out.stdout and "accuracy" in out.stdout
     scores = json.loads((tmp_path / "s.json").read_text())
-    assert set(scores) == {"describe", "position"}
+    assert set(scores) == {"two_images", "position"}
     for s in scores.values():
         assert s["total"] == 12 and s["accuracy"] == s["correct"] / 12
         assert len(s["mistakes"]) == min(5, 12 - s["correct"])  # kept for the model card
@@ -68,6 +68,6 @@ def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
 
 
 def test_eval_strict_passes_a_model_that_clears_its_bars():
-    """The other side of --strict (the test above sees describe's 11/12 under its 0.98 bar exit 1)."""
+    """The other side of --strict (the test above sees two_images 11/12 under its 0.95 bar exit 1)."""
     out = run("eval", "--n", "12", "--families", "position", "--no-perturbed", "--strict")
     assert out.returncode == 0 and "12/12" in out.stdout, out.stdout + out.stderr[-2000:]

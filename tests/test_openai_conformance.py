@@ -36,7 +36,9 @@ from vlm_course.shapes import random_scene
 openai = need("openai")
 need("fastapi")
 
-QUESTION = "What's in this image?"
+# vLLM's tests ask "What's in this image?"; the tiny model knows only the wordings it was trained on and answers
+# that paraphrase with "I only know about shapes." or worse, so the replay asks the trained "What is in this image?".
+QUESTION = "What is in this image?"
 MAXIMUM_IMAGES = 2  # vLLM's --limit-mm-per-prompt
 
 
