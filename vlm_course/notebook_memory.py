@@ -27,6 +27,7 @@ import re
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -133,6 +134,21 @@ class NotebookMemory:
         return self.peak_bytes < self.limit_bytes
 
 
+@contextmanager
+def kernel_environment(env: dict | None):
+    """Set `env` in os.environ for a kernel started inside the block to inherit, and restore it after."""
+    saved = {name: os.environ.get(name) for name in (env or {})}
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def measure_notebook(path: str | os.PathLike, *, model: str | None = None, timeout: int = 900,
                      interval: float = 0.05, limit_bytes: int = BINDER_LIMIT_BYTES) -> NotebookMemory:
     """Execute a notebook top to bottom in a fresh kernel (as nbmake does: nbclient, the notebook's own
@@ -155,26 +171,17 @@ def measure_notebook(path: str | os.PathLike, *, model: str | None = None, timeo
     env = {MEMORY_LIMIT_ENV: os.environ.get(MEMORY_LIMIT_ENV) or str(limit_bytes)}  # the kernel inherits these
     if model:
         env["VLM_COURSE_MODEL"] = str(Path(model).resolve()) if Path(model).exists() else model
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
                             resources={"metadata": {"path": str(path.parent.resolve())}})
     error = None
     start = time.perf_counter()
-    try:
-        with TreeSampler(interval=interval) as sampler:
-            try:
-                client.execute()
-            except (CellExecutionError, CellTimeoutError, DeadKernelError) as e:
-                text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # tracebacks come coloured
-                lines = [line for line in text.strip().splitlines() if line.strip()]
-                error = f"{type(e).__name__}: {lines[-1] if lines else ''}"[:300]
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with kernel_environment(env), TreeSampler(interval=interval) as sampler:
+        try:
+            client.execute()
+        except (CellExecutionError, CellTimeoutError, DeadKernelError) as e:
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # tracebacks come coloured
+            lines = [line for line in text.strip().splitlines() if line.strip()]
+            error = f"{type(e).__name__}: {lines[-1] if lines else ''}"[:300]
     return NotebookMemory(path.name, sampler.peak_bytes, sampler.peak_processes, time.perf_counter() - start,
                           model or os.environ.get("VLM_COURSE_MODEL") or "tiny", error, sampler.peak_by_name,
                           limit_bytes)

@@ -143,19 +143,13 @@ def measure(path: str | os.PathLike, timeout: int = 900, env: dict | None = None
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    saved = {key: os.environ.get(key) for key in (env or {})}
-    os.environ.update(env or {})
+    from .notebook_memory import kernel_environment
+
     start = time.perf_counter()
-    try:
+    with kernel_environment(env):
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
                                 store_widget_state=True, resources={"metadata": {"path": str(path.parent)}})
         client.execute()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     seconds = time.perf_counter() - start
     if save_to is not None:
         Path(save_to).mkdir(parents=True, exist_ok=True)

@@ -170,11 +170,7 @@ def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bo
                             seconds_before=seconds, extra=extra)
     if cfg.polish_steps:
         shutil.copytree(out, out / "stage1", ignore=shutil.ignore_patterns("stage1"), dirs_exist_ok=True)
-        history, seconds = _run(model, processor, cfg.seed + 2_000_003, cfg, out, stage=2, progress=progress,
-                                history=history, seconds_before=seconds, extra=extra)
-    if cfg.final_steps:
-        _run(model, processor, cfg.seed + 2_000_004, cfg, out, stage=3, progress=progress, history=history,
-             seconds_before=seconds, extra=extra)
+    _polish_stages(model, processor, cfg, out, progress, history, seconds, extra)
     return out
 
 
@@ -195,12 +191,20 @@ def polish(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool =
     model = AutoModelForImageTextToText.from_pretrained(out)
     log = json.loads((out / "training.json").read_text())
     extra = {k: log[k] for k in ("vision_pretraining", "cpu_seconds") if k in log}
-    history, seconds = _run(model, processor, cfg.seed + 2_000_003, cfg, out, stage=2, progress=progress,
-                            history=log["history"], seconds_before=log["seconds"], extra=extra)
+    _polish_stages(model, processor, cfg, out, progress, log["history"], log["seconds"], extra)
+    return out
+
+
+def _polish_stages(model, processor, cfg: TrainConfig, out: Path, progress: bool, history: list[dict],
+                   seconds: float, extra: dict) -> None:
+    """Stage 2 (if cfg.polish_steps), then stage 3 (if cfg.final_steps): the same seeds whether stage 1 ran
+    just now or was loaded from disk."""
+    if cfg.polish_steps:
+        history, seconds = _run(model, processor, cfg.seed + 2_000_003, cfg, out, stage=2, progress=progress,
+                                history=history, seconds_before=seconds, extra=extra)
     if cfg.final_steps:
         _run(model, processor, cfg.seed + 2_000_004, cfg, out, stage=3, progress=progress, history=history,
              seconds_before=seconds, extra=extra)
-    return out
 
 
 def polish_rate(step: int, cfg: TrainConfig, steps: int | None = None, peak: float | None = None) -> float:
