@@ -2,7 +2,8 @@
 
 A checker has three outcomes:
 - the committed placeholder (None, or a function that returns None): `not_solved` prints what to do and
-  returns False, so the committed notebook runs top to bottom;
+  returns None (no verdict yet, and nothing for Jupyter to echo under the line), so the committed notebook
+  runs top to bottom;
 - a right answer: `correct` prints why and returns True;
 - a wrong answer: `ExerciseError`, whose message says what is wrong and hints at the way, never the answer.
   A cell that fails stops "Run all" and fails nbmake, so a broken reference solution cannot pass unseen.
@@ -33,10 +34,9 @@ class ExerciseError(VLMCourseError, AssertionError):
     """An exercise's answer is wrong. The message says what is wrong and what to look at, not the answer."""
 
 
-def not_solved(what_to_do: str) -> bool:
+def not_solved(what_to_do: str) -> None:
     """The placeholder is still there: say what to do, and let the notebook go on."""
     print(f"Not solved yet: {what_to_do}")
-    return False
 
 
 def correct(why: str) -> bool:

@@ -21,7 +21,7 @@ def says_number(text: str, n: int) -> bool:
     return NUMBER_WORDS[n] in words or str(n) in words
 
 
-def check_count(ask_count, vlm) -> bool:
+def check_count(ask_count, vlm) -> bool | None:
     """True when `ask_count(vlm, image)` asks QUESTION about `image` and returns the model's reply text.
 
     The placeholder (None, or a function returning None) is "not solved yet"; a wrong answer raises ExerciseError."""

@@ -8,7 +8,7 @@ from .check import correct, expected_inputs, not_solved, same_image, wrong
 QUESTION = "What do we see in this image?"
 
 
-def check_conversation(vlm, messages, seed: int = 7) -> bool:
+def check_conversation(vlm, messages, seed: int = 7) -> bool | None:
     """True when `messages` is one user turn holding the drawing of scene `seed` and then QUESTION, in
     transformers' format; the checker then runs the model on it. The placeholder None is "not solved yet";
     anything else that is wrong raises ExerciseError saying what."""
@@ -53,7 +53,7 @@ def check_conversation(vlm, messages, seed: int = 7) -> bool:
     return correct(f"the messages are well formed; {read}, {truth}.")
 
 
-def check_image_tokens(answer, images: int = 3, splitting: bool = True) -> bool:
+def check_image_tokens(answer, images: int = 3, splitting: bool = True) -> bool | None:
     """True when `answer` is the number of <image> tokens idefics2-8b reads for `images` images,
     computed from its published configuration (64 perceiver latents; 4 crops + the original with splitting)."""
     import json

@@ -9,7 +9,7 @@ from .check import correct, learner_call, not_solved, wrong
 QUESTIONS = ("What do we see in this image?", "And how about this image?")
 
 
-def check_add_exchange(add_exchange) -> bool:
+def check_add_exchange(add_exchange) -> bool | None:
     """`add_exchange(history, question, image, reply_text)` must return the history (a list of messages)
     with a user turn (the image, then the question) and an assistant turn (the reply) appended.
 

@@ -55,7 +55,7 @@ def exercise_cases(vlm, n: int = 2, seeds=range(5, 45)) -> list[tuple[int, list,
     return _cases[key]
 
 
-def check_first_sentence(first_sentence, vlm) -> bool:
+def check_first_sentence(first_sentence, vlm) -> bool | None:
     """True when `first_sentence(vlm, messages)` returns the reply's first sentence (up to and including its
     first '.') and stops the model there. The placeholder (None, or a function returning None) is "not solved
     yet"; a wrong function raises ExerciseError."""

@@ -40,7 +40,7 @@ def describe_machines() -> None:
         print(f"{name:<20} {what}")
 
 
-def check_auto_backends(answers) -> bool:
+def check_auto_backends(answers) -> bool | None:
     """True when `answers` maps every machine of MACHINES to the backend attn='auto' picks there.
 
     The placeholder (None, or any machine still None) is "not solved yet"; wrong answers raise ExerciseError."""

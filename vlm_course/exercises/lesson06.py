@@ -38,7 +38,7 @@ def asks_for_detail(question: str) -> bool:
     return _normal(question) in {_normal(q) for q in DETAIL_QUESTIONS}
 
 
-def check_detail_button(add_detail_button, vlm, seed: int = 6) -> bool:
+def check_detail_button(add_detail_button, vlm, seed: int = 6) -> bool | None:
     """Verify `add_detail_button(app)`: True if it works, ExerciseError saying what is wrong otherwise."""
     from ..chat import user
     from ..models import is_tiny

@@ -53,7 +53,7 @@ def _problems(body) -> list[str]:
     return problems
 
 
-def check_request(body, vlm, base_url: str | None = None) -> bool:
+def check_request(body, vlm, base_url: str | None = None) -> bool | None:
     """True when `body` is the exercise's request and a server on `vlm` answers it by running the model on it."""
     import httpx
 

@@ -13,7 +13,7 @@ from .check import correct, learner_call, not_solved, wrong
 PASS = 0.9
 
 
-def check_make_prompt(make_prompt, vlm=None, n: int = 20) -> bool:
+def check_make_prompt(make_prompt, vlm=None, n: int = 20) -> bool | None:
     """True when the tiny BLIP-2 answers at least 90% right with `make_prompt`'s prompts (it runs the model on them).
 
     The placeholder None is "not solved yet"; a wrong function raises ExerciseError."""

@@ -24,7 +24,7 @@ def exercise_input_ids(vlm):
     return ConversationCollator(vlm.processor)([two_turn_conversation()])["input_ids"][0].tolist()
 
 
-def check_two_turn_labels(vlm, labels) -> bool:
+def check_two_turn_labels(vlm, labels) -> bool | None:
     """True when `labels` (a list or tensor, one per token of exercise_input_ids(vlm)) learns exactly the two
     answers and their <end_of_utterance>, and nothing else. None is "not solved yet"; wrong labels raise
     ExerciseError saying which tokens are wrong."""
