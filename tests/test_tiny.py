@@ -6,6 +6,7 @@ import json
 import random
 import shutil
 
+import psutil
 import pytest
 import torch
 
@@ -116,6 +117,7 @@ def test_a_short_training_run_saves_a_loadable_model(tmp_path):
     assert tenth < 0.9 * first, log["history"]  # it learns: ten steps from random weights cut the loss (6.25 -> 5.37)
     assert log["vision_pretraining"]["steps"] == 2 and log["seconds"] >= log["vision_pretraining"]["seconds"]
     assert log["parameters"]["total"] == sum(log["parameters"][k] for k in ("vision", "connector", "text", "lm_head"))
+    assert not psutil.Process().children(), "the DataLoader's worker outlived training"
     before = (out / "model.safetensors").read_bytes()
     polish(out, TrainConfig(steps=11, polish_steps=2, final_steps=0, batch_size=4), progress=False)  # stage 2, resumed
     log = json.loads((out / "training.json").read_text())

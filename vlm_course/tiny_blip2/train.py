@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..shapes.questions import render_clean, render_training
-from ..tiny.train import learning_rate, polish_rate  # the same schedules as the tiny Idefics2 (duck-typed on cfg)
+from ..tiny.train import learning_rate, polish_rate, stop_workers  # the tiny Idefics2's schedules (duck-typed on cfg)
 from ..tiny.vision_pretrain import CELL_CLASSES, COLOUR_CLASSES, SHAPE_CLASSES, patch_targets
 from ..shapes.world import Scene, draw_scene, random_scene
 from .build import ARCHITECTURE, build_config, build_model, build_processor, tokenizer_corpus, train_tokenizer
@@ -158,6 +158,7 @@ def pretrain_vision(model, processor, steps: int, batch_size: int = 64, lr: floa
             accuracy[kind] = 0.9 * accuracy[kind] + 0.1 * hit
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", **{kind: f"{a:.2f}" for kind, a in accuracy.items()})
+    stop_workers(batches)
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "seconds": round(time.time() - start, 1),
             "cpu_seconds": round(time.process_time() - cpu_start, 1),
             "final_loss": round(loss.item(), 4), **{f"patch_{kind}_accuracy": round(a, 3) for kind, a in accuracy.items()}}
@@ -246,6 +247,7 @@ def train_stage(model, processor, cfg: TrainConfig, out: Path, stage: int, extra
             extra["cpu_seconds"] = round(time.process_time() - cpu_start, 1)  # this process's; the data worker's apart
             extra["seconds"] = round(time.time() - start, 1)
             _save(model, processor, out, cfg, first + step + 1, extra)
+    stop_workers(batches)
     model.requires_grad_(True)
     model.eval()
 
