@@ -124,3 +124,33 @@ def test_token_flow_of_a_loaded_model_agrees_with_its_processor(vlm):
 
     counted = count_tokens(vlm, [user(random_scene(7).draw(), "What do we see in this image?")])
     assert plots.token_flow(vlm)["image_tokens"] == counted["image_tokens"]
+
+
+def _workload(tokens, images, speedup):
+    return {"completion_tokens": tokens, "conversations": 16, "images": images, "speedup": speedup,
+            "preprocess_seconds": 0.11, "vision_seconds": 0.09, "batch_seconds": 0.85}
+
+
+def test_batching_figure_fits_the_notebook_with_its_legend_below():
+    from vlm_course.chat_bench import plot_batching
+
+    fig = plot_batching({"descriptions": _workload(288, [1] * 16, 6.2), "two images": _workload(208, [2] * 16, 3.9),
+                         "mixed": _workload(112, [1] * 13 + [2] * 3, 3.8)})
+    assert fig.get_figwidth() <= plots.WIDTH
+    assert all(t.get_fontsize() >= plots.SMALL for t in fig.findobj(matplotlib.text.Text) if t.get_text().strip())
+    assert [t.get_text().split("\n")[0] for t in fig.axes[0].get_yticklabels()] == ["descriptions", "two images", "mixed"]
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    assert all(not legend.overlaps(ax.get_window_extent()) for ax in fig.axes)
+    assert _overlaps(_text_extents(fig)) == []
+
+
+def test_caption_throughput_figure_labels_every_point_readably():
+    from vlm_course.caption_bench import plot_caption_throughput
+
+    rows = [{"batch size": b, "captions/s": v} for b, v in [(1, 37.9), (4, 130.2), (16, 302.7)]]
+    fig = plot_caption_throughput(rows)
+    assert fig.get_figwidth() <= plots.WIDTH
+    assert [t.get_text() for t in fig.axes[0].texts] == ["38", "130", "303"]
+    assert all(t.get_fontsize() >= plots.SMALL for t in fig.findobj(matplotlib.text.Text) if t.get_text().strip())
+    assert _overlaps(_text_extents(fig)) == []

@@ -141,30 +141,38 @@ def measure_batching_workloads(vlm, workloads=tuple(BATCH_WORKLOADS), n: int = 1
 
 
 def plot_batching(results: dict[str, dict]):
-    """Left: the speed-up of each workload. Right: where the batch's time goes (per-image work vs the rest)."""
-    import matplotlib.pyplot as plt
+    """Left: the speed-up of each workload. Right: where the batch's time goes (per-image work vs the rest).
+    Drawn to plots.py's rules: notebook width, 9-point text or more, the legend below the panels."""
+    from .plots import SMALL, TEXT, WIDTH, _pyplot
 
+    plt = _pyplot()
     names = [f"{w}\n{r['completion_tokens'] / r['conversations']:.0f} tokens a reply, "
              f"{sum(r['images']) / r['conversations']:.1f} images" for w, r in results.items()]
     results = dict(zip(names, results.values()))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
-    left.barh(names, [results[w]["speedup"] for w in names], color="tab:green")
+    legend_inches, height = 0.45, 1.2 + 0.75 * len(names)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(WIDTH, height), sharey=True)
+    left.barh(names, [results[w]["speedup"] for w in names], color="tab:green", height=0.6)
     for i, w in enumerate(names):
-        left.text(results[w]["speedup"], i, f" {results[w]['speedup']:.1f}x", va="center")
-    left.set_xlabel("generate_batch tokens/s ÷ sequential tokens/s")
-    left.set_xlim(0, 1.25 * max(results[w]["speedup"] for w in names))
+        left.text(results[w]["speedup"], i, f" {results[w]['speedup']:.1f}x", va="center", fontsize=SMALL)
+    left.set_xlabel("batched tokens/s ÷ sequential tokens/s", fontsize=TEXT)
+    left.set_xlim(0, 1.3 * max(results[w]["speedup"] for w in names))
     parts = [("preprocessing (per image)", "preprocess_seconds", "tab:orange"),
              ("vision encoder (per image)", "vision_seconds", "tab:red")]
     starts = [0.0] * len(names)
     for label, key, color in parts:
         widths = [1000 * results[w][key] for w in names]
-        right.barh(names, widths, left=starts, label=label, color=color)
+        right.barh(names, widths, left=starts, label=label, color=color, height=0.6)
         starts = [a + b for a, b in zip(starts, widths)]
     rest = [1000 * results[w]["batch_seconds"] - s for w, s in zip(names, starts)]
-    right.barh(names, rest, left=starts, label="prompt and decoding steps (batched)", color="tab:blue")
-    right.set_xlabel("generate_batch of 16: milliseconds")
-    fig.legend(fontsize=8, loc="upper right", ncol=3, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    right.barh(names, rest, left=starts, label="prompt and decoding steps (batched)", color="tab:blue", height=0.6)
+    right.set_xlabel("one generate_batch of 16: milliseconds", fontsize=TEXT)
+    for ax in (left, right):
+        ax.tick_params(labelsize=SMALL)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+    left.invert_yaxis()  # the first workload on top (shared with the right panel)
+    fig.legend(*right.get_legend_handles_labels(), fontsize=SMALL, loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, legend_inches / height, 1, 1), w_pad=1.5)
     return fig
 
 
