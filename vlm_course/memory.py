@@ -104,10 +104,7 @@ def format_bytes(n: float) -> str:
 def load_config(config: Any):
     """A transformers config from a config object, a model directory, a config.json path, or a name
     ('idefics2-8b' for the reference config shipped with the package, 'tiny' for the bundled model)."""
-    from .models import _torchao_quiet
-
-    with _torchao_quiet():
-        from transformers import AutoConfig, PretrainedConfig
+    from transformers import AutoConfig, PretrainedConfig
     if isinstance(config, PretrainedConfig):
         return config
     if config == "tiny":
@@ -158,10 +155,9 @@ def _hub_config(model_id: str) -> Path:
 
 def meta_model(config: Any, dtype: Any = torch.float32):
     """The model a configuration describes, built on the meta device: shapes and dtypes, no memory."""
-    from .models import _torchao_quiet, pick_dtype
+    from transformers import AutoModelForImageTextToText
 
-    with _torchao_quiet():  # transformers imports torchao when it is installed
-        from transformers import AutoModelForImageTextToText
+    from .models import pick_dtype
     config = load_config(config)
     with torch.device("meta"):
         return AutoModelForImageTextToText.from_config(config, dtype=pick_dtype(dtype, torch.device("cpu")))

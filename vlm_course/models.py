@@ -7,9 +7,7 @@ downstream forks on which one it got.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -175,39 +173,6 @@ def quantization_config(quant: str | None, dtype=None):
     return TorchAoConfig(Int8WeightOnlyConfig())
 
 
-@contextlib.contextmanager
-def _torchao_quiet():
-    """Hide torchao's import-time log noise (CUDA kernels it cannot load on a CPU machine, torch.compile
-    deprecation notes); transformers imports torchao on every from_pretrained once it is installed."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
-class _DropMessage(logging.Filter):
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
-
-
-def _quiet_quantization_warnings(quant: str | None) -> None:
-    """Drop the one message bitsandbytes 8-bit logs for every layer on every call (float32 inputs are
-    cast to float16); its other messages stay visible."""
-    if quant == "bnb-8bit":
-        logger = logging.getLogger("bitsandbytes.autograd._functions")
-        if not any(isinstance(f, _DropMessage) for f in logger.filters):
-            logger.addFilter(_DropMessage("MatMul8bitLt: inputs will be cast"))
-
-
 def _is_local(model_id: str) -> bool:
     """A path (it exists, or looks like one) rather than a hub id of the form 'name' or 'org/name'."""
     return Path(model_id).expanduser().exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
@@ -250,8 +215,7 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
     """
     from safetensors import SafetensorError
 
-    with _torchao_quiet():  # transformers imports torchao when it is installed
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText, AutoProcessor  # torchao's import noise: quiet.NOISE
 
     start = time.perf_counter()
     model_id = str(model_id or default_model_id())
@@ -265,9 +229,7 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
     if quant == "auto":
         quant, why = _auto_quant(model_id, dev, torch_dtype)
         notes.append(f"quantization {why}")
-    with _torchao_quiet():
-        quant_config = quantization_config(quant, torch_dtype)
-    _quiet_quantization_warnings(quant)
+    quant_config = quantization_config(quant, torch_dtype)
     if _is_local(model_id):
         path = Path(model_id).expanduser()
         if not (path / "config.json").is_file():
@@ -280,7 +242,7 @@ def load_vlm(model_id: str | os.PathLike | None = None, *, dtype: Any = "auto", 
     kwargs = from_pretrained_kwargs(dev, torch_dtype, attn_impl, quant_config)
     try:
         processor = AutoProcessor.from_pretrained(model_id)
-        with _torchao_quiet(), short_bars():  # no "Loading weights" bar for a load under a second
+        with short_bars():  # no "Loading weights" bar for a load under a second
             model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
     except OSError as e:
         raise ModelNotFoundError(f"Could not load {model_id!r}: {e}") from None

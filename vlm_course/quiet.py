@@ -32,6 +32,9 @@ NOISE = {
     # `kernels` package at import; without it (and offline) it logs this and uses its own CPU kernel, whose
     # answers are the same.
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",),
+    # bitsandbytes 8-bit logs this for every layer on every call with float32 inputs (it casts them to
+    # float16, as it says): one line per layer per token would bury lesson 05's output.
+    "bitsandbytes.autograd._functions": ("MatMul8bitLt: inputs will be cast",),
 }
 
 
