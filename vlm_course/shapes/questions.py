@@ -163,23 +163,22 @@ QUESTIONS: dict[str, Callable] = {"describe": question_describe, "attribute": qu
                                   "position": question_position, "description": question_description}
 
 
-def ask_describe(rng, render, colours=None, include=None):
-    s = random_scene(rng, colours=colours, include=include)
-    image = render(s, rng)  # drawn before the question is chosen: the seeded evaluation sets stay as they were
-    q, a = question_describe(s, rng)
-    return Sample("describe", [user(image, q), assistant(a)], a, [s])
-
-
-def _ask_one(family):
+def _ask_one(family, image_first=False):
+    """The family's one-image question on a fresh scene. `image_first`: the image is drawn before the question
+    is chosen (describe and description always drew it first: their seeded evaluation sets stay as they were)."""
     def ask(rng, render, colours=None, include=None):
         s = random_scene(rng, colours=colours, include=include)
+        image = render(s, rng) if image_first else None
         q, a = QUESTIONS[family](s, rng, colours)
-        return Sample(family, [user(render(s, rng), q), assistant(a)], a, [s])
+        if image is None:
+            image = render(s, rng)
+        return Sample(family, [user(image, q), assistant(a)], a, [s])
     ask.__name__ = f"ask_{family}"
     return ask
 
 
 ask_attribute, ask_count, ask_exists, ask_position = map(_ask_one, ("attribute", "count", "exists", "position"))
+ask_describe, ask_description = (_ask_one(family, image_first=True) for family in ("describe", "description"))
 
 
 def ask_two_images(rng, render, colours=None, include=None):
@@ -198,13 +197,6 @@ def ask_multi_turn(rng, render, colours=None, include=None):
     msgs = [user(render(first, rng), rng.choice(DESCRIBE_QUESTIONS)), assistant(first.describe()),
             user(FOLLOW_UP, render(second, rng)), assistant(second.describe())]
     return Sample("multi_turn", msgs, second.describe(), [first, second])
-
-
-def ask_description(rng, render, colours=None, include=None):
-    s = random_scene(rng, colours=colours, include=include)
-    image = render(s, rng)
-    q, a = question_description(s, rng)
-    return Sample("description", [user(image, q), assistant(a)], a, [s])
 
 
 def ask_follow_up(rng, render, colours=None, include=None):
