@@ -154,3 +154,23 @@ def test_caption_throughput_figure_labels_every_point_readably():
     assert [t.get_text() for t in fig.axes[0].texts] == ["38", "130", "303"]
     assert all(t.get_fontsize() >= plots.SMALL for t in fig.findobj(matplotlib.text.Text) if t.get_text().strip())
     assert _overlaps(_text_extents(fig)) == []
+
+
+def test_loss_curve_marks_each_later_stage_and_leaves_pyplot_alone(tmp_path):
+    import matplotlib.pyplot as plt
+
+    history = [{"step": s, "loss": 2.0 / (1 + s)} for s in range(0, 300, 10)]
+    fig = plots.save_loss_curve(history, tmp_path / "loss.png", "Training", stage_starts=(200,))
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    assert not plt.get_fignums()  # drawn outside pyplot: a notebook's own figures and backend are untouched
+    assert fig.get_figwidth() <= plots.WIDTH
+    [ax] = fig.axes
+    marks = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert [line.get_xdata()[0] for line in marks] == [200] and ax.get_legend() is not None
+    assert all(t.get_fontsize() >= plots.SMALL for t in fig.findobj(matplotlib.text.Text) if t.get_text().strip())
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)  # a bare Figure has no renderer of its own to measure its text with
+    assert not _overlaps(_text_extents(fig))
+    plain = plots.save_loss_curve(history, tmp_path / "one.png", "Training")
+    assert plain.axes[0].get_legend() is None  # one stage: nothing to mark

@@ -512,9 +512,6 @@ def _run_chat(args) -> int:
     stem = args.name or "chat"
     path = out / f"{stem}.json"
     path.write_text(json.dumps({"model": vlm.name, "batching": batching, "streaming": streaming}, indent=2))
-    import matplotlib
-
-    matplotlib.use("Agg")  # a command line: write the figure, show nothing
     plot_batching(batching).savefig(out / f"{stem}-batching.png", dpi=120)
     print(f"wrote {path} and {out / f'{stem}-batching.png'}")
     return 0

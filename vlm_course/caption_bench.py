@@ -101,9 +101,9 @@ def format_throughput(rows: list[dict]) -> str:
 
 def plot_caption_throughput(rows: list[dict], title: str = "Captioning throughput against batch size"):
     """Captions per second at each batch size, each point labelled (plots.py's sizes: notebook width, 9 pt+)."""
-    from .plots import SMALL, TEXT, _pyplot
+    from .plots import SMALL, TEXT, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     sizes, speeds = [r["batch size"] for r in rows], [r["captions/s"] for r in rows]
     ax.plot(sizes, speeds, marker="o")

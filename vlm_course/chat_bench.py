@@ -143,9 +143,9 @@ def measure_batching_workloads(vlm, workloads=tuple(BATCH_WORKLOADS), n: int = 1
 def plot_batching(results: dict[str, dict]):
     """Left: the speed-up of each workload. Right: where the batch's time goes (per-image work vs the rest).
     Drawn to plots.py's rules: notebook width, 9-point text or more, the legend below the panels."""
-    from .plots import SMALL, TEXT, WIDTH, _pyplot
+    from .plots import SMALL, TEXT, WIDTH, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     names = [f"{w}\n{r['completion_tokens'] / r['conversations']:.0f} tokens a reply, "
              f"{sum(r['images']) / r['conversations']:.1f} images" for w, r in results.items()]
     results = dict(zip(names, results.values()))

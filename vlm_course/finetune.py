@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .errors import VLMCourseError
+from .plots import save_loss_curve
 from .quiet import short_bars
 from .shapes.questions import Sample, make_sample, render_training
 from .shapes.world import COLOURS, NEW_COLOURS
@@ -424,20 +425,8 @@ def finetune(model_id=None, out_dir: str | os.PathLike = "runs/finetune", cfg: F
                       "cuda max_memory_allocated" if vlm.device.type == "cuda" else "peak RSS rise (in-process)",
                       history, vlm)
     (out / "finetune.json").write_text(json.dumps(run.as_dict(), indent=1))
-    plot_loss(history, out / "loss_curve.png", title=f"{cfg.method}: teaching the model {cfg.concept}")
+    save_loss_curve(history, out / "loss_curve.png", f"{cfg.method}: teaching the model {cfg.concept}")
     return run
-
-
-def plot_loss(history: list[dict], path: Path, title: str = "fine-tuning") -> None:
-    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
-
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.subplots()
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
-    ax.set(xlabel="step", ylabel="training loss (answers only)", yscale="log", title=title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 # --------------------------------------------------------------------------- adapters

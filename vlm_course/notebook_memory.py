@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -224,12 +223,9 @@ def format_results(results: list[NotebookMemory]) -> str:
 
 def plot_results(results: list[NotebookMemory], title: str = "peak memory of each notebook's process tree"):
     """Bars of each notebook's peak against Binder's limit; returns the figure."""
-    import matplotlib
+    from .plots import pyplot
 
-    if "ipykernel" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = [r.notebook.split("_")[0] for r in results]
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.bar(names, [r.peak_bytes / 1e9 for r in results],

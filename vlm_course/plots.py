@@ -19,7 +19,26 @@ SMALL = 9  # points: legends and value labels
 OK, WRONG = "tab:green", "tab:red"
 
 
-def _pyplot():
+def save_loss_curve(history: list[dict], path: Path, title: str, stage_starts: tuple[int, ...] = ()):
+    """A training run's loss per logged step (log scale) written to `path`, each later stage's first step marked.
+    Drawn on a bare Figure (returned), not pyplot: training inside a notebook leaves its backend and figures alone."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=0.8)
+    for k, step in enumerate(stage_starts):
+        ax.axvline(step, color="grey", ls="--", lw=0.8, label="a later stage begins" if k == 0 else None)
+    if stage_starts:
+        ax.legend(fontsize=SMALL)
+    ax.set(xlabel="step", ylabel="training loss (answers only)", yscale="log", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def pyplot():
     """pyplot, on a non-interactive backend outside a notebook (a command line writes files, shows nothing)."""
     import matplotlib
 
@@ -43,7 +62,7 @@ def show_images(images, titles=None, size: float = 2.3, ncols: int | None = None
     correct: optional list of booleans (one an image): frames right ones green and wrong ones red, and
     starts their captions with a tick or a cross, so that a wrong answer is never shown as if it were right.
     """
-    plt = _pyplot()
+    plt = pyplot()
     images = list(images)
     titles = list(titles) if titles is not None else [None] * len(images)
     ncols = ncols or min(len(images), 4, max(1, int(WIDTH // size)))
@@ -81,7 +100,7 @@ def benchmark(rows: list[dict], title: str = "benchmark"):
     Three panels side by side share one row a configuration, so no label can cover another and two
     configurations with the same score (eager and sdpa agree to the token) each keep their own point.
     A configuration that failed gets its row with the error in place of bars."""
-    plt = _pyplot()
+    plt = pyplot()
     names = [r["config"] for r in rows]
     ok = [not r.get("error") for r in rows]
     has_quality = any(r.get("quality") is not None for r in rows if not r.get("error"))
@@ -149,7 +168,7 @@ def weights_and_peaks(weights: dict[str, float], peaks: dict[str, float] | None 
                       title: str = "idefics2-8b: weights vs published peak", unit: str = "GB"):
     """One row a variant: its weights as a bar with the value written beside it and, where known, a
     published peak memory as a marker on the same row (lesson 05's calculator); the legend below."""
-    plt = _pyplot()
+    plt = pyplot()
     peaks = peaks or {}
     names = list(weights)
     height = max(2.6, 1.5 + 0.36 * len(names))
@@ -230,7 +249,7 @@ def architecture(models=("tiny", "idefics2-8b")):
 
     from .models import TINY_MODEL_DIR
 
-    plt = _pyplot()
+    plt = pyplot()
     flows = [token_flow(TINY_MODEL_DIR, "tiny Idefics2 (this course)") if m == "tiny" else
              token_flow(m, "idefics2-8b (published config)" if m == "idefics2-8b" else None) for m in models]
     top = 1.55 * len(flows) + 0.85  # the boxes' lower edge; one band of numbers a model below them

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..finetune import answer_labels  # noqa: F401  (the one implementation of label masking; re-exported)
+from ..plots import save_loss_curve
 from ..shapes.questions import make_sample, render_training
 from .vision_pretrain import pretrain_vision
 from .build import ARCHITECTURE, build_config, build_model, build_processor, tokenizer_corpus, train_tokenizer
@@ -123,23 +124,6 @@ def batch_stream(processor, seed: int, cfg: "TrainConfig", weights: dict | None 
         return iter(data)
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=cfg.workers, prefetch_factor=4)
     return iter(loader)
-
-
-def plot_loss(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [h["loss"] for h in history], lw=0.8)
-    ax.set(xlabel="step", ylabel="training loss (answers only)", yscale="log",
-           title="Training the tiny Idefics2 on the shapes world")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True) -> Path:
@@ -275,4 +259,6 @@ def _save(model, processor, out: Path, cfg: TrainConfig, history: list[dict], st
     record = {**(extra or {}), "config": asdict(cfg), "steps_done": steps_done,
               "seconds": round(seconds, 1), "parameters": parameter_counts(model), "history": history}
     (out / "training.json").write_text(json.dumps(record))
-    plot_loss(history, out / "loss_curve.png")
+    save_loss_curve(history, out / "loss_curve.png", "Training the tiny Idefics2 on the shapes world",
+                    tuple(start for start, on in ((cfg.steps, cfg.polish_steps), (cfg.steps + cfg.polish_steps, cfg.final_steps))
+                          if on and start < steps_done))

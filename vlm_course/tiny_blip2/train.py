@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..plots import save_loss_curve
 from ..shapes.questions import render_clean, render_training
 from ..tiny.train import learning_rate, polish_rate, stop_workers  # the tiny Idefics2's schedules (duck-typed on cfg)
 from ..tiny.vision_pretrain import CELL_CLASSES, COLOUR_CLASSES, SHAPE_CLASSES, patch_targets
@@ -262,26 +263,8 @@ def _save(model, processor, out: Path, cfg: TrainConfig, steps_done: int, extra:
               "steps_done": steps_done, "parameters": parameter_counts(model), "probes": extra["probes"],
               "history": extra["history"]}
     (out / "training.json").write_text(json.dumps(record))
-    plot_loss(record["history"], out / "loss_curve.png", polish_from=cfg.steps if steps_done > cfg.steps else None)
-
-
-def plot_loss(history: list[dict], path: Path, polish_from: int | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=0.8)
-    if polish_from is not None:
-        ax.axvline(polish_from, color="grey", ls="--", lw=0.8, label="stage 2 (polish)")
-        ax.legend()
-    ax.set(xlabel="step", ylabel="training loss (answers only)", yscale="log",
-           title="Training the tiny BLIP-2 on the shapes world")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_loss_curve(record["history"], out / "loss_curve.png", "Training the tiny BLIP-2 on the shapes world",
+                    (cfg.steps,) if steps_done > cfg.steps else ())
 
 
 def cli_train(args) -> int:
