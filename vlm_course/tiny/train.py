@@ -110,20 +110,29 @@ class ShapesBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         torch.set_num_threads(1)
-        worker = torch.utils.data.get_worker_info()  # each worker its own stream, or they would repeat each other
-        rng = random.Random(self.seed + (worker.id * 7_919 if worker else 0))
+        rng = worker_rng(self.seed)
         while True:
             yield from make_batches(self.processor, rng, self.cfg.batch_size, self.assistant_ids, self.end_id,
                                     self.cfg.group, self.weights)
 
 
+def worker_rng(seed: int) -> random.Random:
+    """The random stream of this DataLoader worker (or of this process): each worker its own, or they would
+    repeat each other's batches."""
+    worker = torch.utils.data.get_worker_info()
+    return random.Random(seed + (worker.id * 7_919 if worker else 0))
+
+
+def in_background(batches: torch.utils.data.IterableDataset, workers: int):
+    """An iterator over `batches` drawn by `workers` background processes (0: in this process, between steps)."""
+    if workers == 0:
+        return iter(batches)
+    return iter(torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=4))
+
+
 def batch_stream(processor, seed: int, cfg: "TrainConfig", weights: dict | None = None):
     """Batches from `cfg.workers` background processes (0: drawn in this process, between steps)."""
-    data = ShapesBatches(processor, seed, cfg, weights)
-    if cfg.workers == 0:
-        return iter(data)
-    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=cfg.workers, prefetch_factor=4)
-    return iter(loader)
+    return in_background(ShapesBatches(processor, seed, cfg, weights), cfg.workers)
 
 
 def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True) -> Path:

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from ..plots import save_loss_curve
 from ..shapes.questions import render_clean, render_training
-from ..tiny.train import learning_rate, polish_rate, stop_workers  # the tiny Idefics2's schedules (duck-typed on cfg)
+from ..tiny.train import in_background, stop_workers, worker_rng  # the tiny Idefics2's data workers...
+from ..tiny.train import learning_rate, polish_rate  # ...and schedules (duck-typed on cfg)
 from ..tiny.vision_pretrain import CELL_CLASSES, COLOUR_CLASSES, SHAPE_CLASSES, patch_targets
 from ..shapes.world import Scene, draw_scene, random_scene
 from .build import ARCHITECTURE, build_config, build_model, build_processor, tokenizer_corpus, train_tokenizer
@@ -82,8 +83,7 @@ class TaskBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         torch.set_num_threads(1)
-        worker = torch.utils.data.get_worker_info()
-        rng = random.Random(self.seed + (worker.id * 7_919 if worker else 0))
+        rng = worker_rng(self.seed)
         families, weights = zip(*self.weights.items())
         while True:
             tasks = [make_task(rng.choices(families, weights)[0], rng, render_training) for _ in range(self.cfg.batch_size)]
@@ -91,10 +91,7 @@ class TaskBatches(torch.utils.data.IterableDataset):
 
 
 def batch_stream(processor, seed: int, cfg: TrainConfig, weights: dict):
-    data = TaskBatches(processor, seed, cfg, weights)
-    if cfg.workers == 0:
-        return iter(data)
-    return iter(torch.utils.data.DataLoader(data, batch_size=None, num_workers=cfg.workers, prefetch_factor=4))
+    return in_background(TaskBatches(processor, seed, cfg, weights), cfg.workers)
 
 
 # --- stage 0 ------------------------------------------------------------------------------------
@@ -136,8 +133,7 @@ def pretrain_vision(model, processor, steps: int, batch_size: int = 64, lr: floa
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
     data = VisionBatches(processor, seed + 3_000_003, batch_size, vcfg.image_size, vcfg.patch_size)
-    batches = iter(torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4)
-                   if workers else data)
+    batches = in_background(data, workers)
     tower.train()
     start, cpu_start, accuracy = time.time(), time.process_time(), dict.fromkeys(classes, 0.0)
     bar = tqdm(range(steps), desc="pretraining the BLIP-2 vision tower (stage 0)", disable=not progress, mininterval=2)
