@@ -214,6 +214,12 @@ def final_rate(step: int, cfg: TrainConfig) -> float:
     return polish_rate(step, cfg, cfg.final_steps, cfg.final_lr)
 
 
+def _stages(cfg: TrainConfig) -> dict[int, tuple]:
+    """Stages 1-3: (steps, learning-rate schedule, first step number); the global step numbers go on across stages."""
+    return {1: (cfg.steps, learning_rate, 0), 2: (cfg.polish_steps, polish_rate, cfg.steps),
+            3: (cfg.final_steps, final_rate, cfg.steps + cfg.polish_steps)}
+
+
 def _run(model, processor, data_seed: int, cfg: TrainConfig, out: Path, stage: int, progress: bool,
          history: list[dict] | None = None, seconds_before: float = 0.0,
          extra: dict | None = None) -> tuple[list[dict], float]:
@@ -221,8 +227,7 @@ def _run(model, processor, data_seed: int, cfg: TrainConfig, out: Path, stage: i
     processor.tokenizer.padding_side = "right"  # training pads on the right; generation (the saved default) on the left
     batches = batch_stream(processor, data_seed, cfg, cfg.family_weights if stage == 1 else cfg.polish_weights)
     model.train()
-    steps, rate, first = {1: (cfg.steps, learning_rate, 0), 2: (cfg.polish_steps, polish_rate, cfg.steps),  # global
-                          3: (cfg.final_steps, final_rate, cfg.steps + cfg.polish_steps)}[stage]  # step numbers go on
+    steps, rate, first = _stages(cfg)[stage]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     history, smoothed = history if history is not None else [], None
     start = time.time() - seconds_before
@@ -269,5 +274,5 @@ def _save(model, processor, out: Path, cfg: TrainConfig, history: list[dict], st
               "seconds": round(seconds, 1), "parameters": parameter_counts(model), "history": history}
     (out / "training.json").write_text(json.dumps(record))
     save_loss_curve(history, out / "loss_curve.png", "Training the tiny Idefics2 on the shapes world",
-                    tuple(start for start, on in ((cfg.steps, cfg.polish_steps), (cfg.steps + cfg.polish_steps, cfg.final_steps))
-                          if on and start < steps_done))
+                    tuple(first for stage, (steps, _, first) in _stages(cfg).items()
+                          if stage > 1 and steps and first < steps_done))
