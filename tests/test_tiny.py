@@ -65,6 +65,38 @@ def test_batches_are_seeded_and_grouped_by_length(tokenizer):
     assert padding(grouped) < 0.5 * padding(mixed)
 
 
+def test_more_questions_ask_about_the_images_own_scene(tokenizer):
+    """Training's extra turns: text-only questions about the one image already in the sample, answered for its scene."""
+    from vlm_course.shapes.questions import NUMBERS, ask_more, make_sample
+
+    rng = random.Random(3)
+    for family in ("position", "describe", "attribute"):
+        sample = make_sample(family, rng)
+        longer = ask_more(sample, rng, ("count",), (1.0,), 2)
+        assert longer.messages[:2] == sample.messages and len(longer.messages) == 6 and longer.family == family
+        assert len(longer.images) == 1  # no new image: the questions are about the one already there
+        things = sample.scenes[0].things
+        for asked, answered in zip(longer.messages[2::2], longer.messages[3::2]):
+            question, answer = asked["content"][0]["text"], answered["content"][0]["text"]
+            if question in ("How many shapes are there?", "How many objects are there?"):
+                assert answer == NUMBERS[len(things)] + "."
+            else:  # how many of one shape or one colour
+                word = question.split()[2].removesuffix("s")
+                assert answer == NUMBERS[sum(word in (t.shape, t.colour) for t in things)] + "."
+
+    processor = build_processor(tokenizer)
+    tokenizer.padding_side = "right"
+    end = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    assistant_ids = tokenizer("\nAssistant:", add_special_tokens=False).input_ids[1:]
+    weights = {"position": 1.0, "two_images": 1.0}  # one family of one image, one of two
+    [batch] = make_batches(processor, random.Random(0), 16, assistant_ids, end, weights=weights, more_questions=2)
+    answers = ((batch["input_ids"] == end) & (batch["labels"] != -100)).sum(1).tolist()
+    assert set(answers) == {1, 3}  # two images: one answer, as drawn; one image: its answer and two more
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    one_image = [int((row == image_token).sum()) == 8 for row in batch["input_ids"]]  # 8 image tokens an image
+    assert [n == 3 for n in answers] == one_image
+
+
 def test_patch_targets_follow_the_drawn_objects():
     from vlm_course.shapes.world import Scene, Thing
     from vlm_course.tiny.vision_pretrain import CELL_CLASSES, COLOUR_CLASSES, SHAPE_CLASSES, patch_targets
@@ -107,7 +139,7 @@ def test_schedule_warms_up_holds_and_decays():
 
 
 def test_a_short_training_run_saves_a_loadable_model(tmp_path):
-    out = train_tiny(tmp_path / "tiny", TrainConfig(vision_steps=2, steps=11, warmup=2, polish_steps=0, final_steps=0, batch_size=4,
+    out = train_tiny(tmp_path / "tiny", TrainConfig(vision_steps=2, steps=11, warmup=2, polish_steps=0, batch_size=4,
                                                     checkpoint_every=20), progress=False)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "loss_curve.png"):
         assert (out / name).is_file(), name
@@ -119,7 +151,7 @@ def test_a_short_training_run_saves_a_loadable_model(tmp_path):
     assert log["parameters"]["total"] == sum(log["parameters"][k] for k in ("vision", "connector", "text", "lm_head"))
     assert not psutil.Process().children(), "the DataLoader's worker outlived training"
     before = (out / "model.safetensors").read_bytes()
-    polish(out, TrainConfig(steps=11, polish_steps=2, final_steps=0, batch_size=4), progress=False)  # stage 2, resumed
+    polish(out, TrainConfig(steps=11, polish_steps=2, batch_size=4), progress=False)  # stage 2, resumed
     log = json.loads((out / "training.json").read_text())
     assert log["steps_done"] == 13 and (out / "model.safetensors").read_bytes() != before
     assert "vision_pretraining" in log  # the record of stage 0 survives the resumed stage
@@ -131,13 +163,13 @@ def test_training_is_seeded(tmp_path):
     """The same seed retrains the same weights (the batches come from a worker process); another seed does not."""
     from safetensors.torch import load_file
 
-    cfg = dict(vision_steps=3, steps=4, polish_steps=2, final_steps=2, batch_size=4, checkpoint_every=10)
+    cfg = dict(vision_steps=3, steps=4, polish_steps=2, batch_size=4, checkpoint_every=10)
     runs = {name: load_file(train_tiny(tmp_path / name, TrainConfig(seed=seed, **cfg), progress=False) / "model.safetensors")
             for name, seed in (("first", 0), ("again", 0), ("other", 1))}
     assert runs["first"].keys() == runs["again"].keys()
     assert all(torch.equal(runs["first"][k], runs["again"][k]) for k in runs["first"])
     assert not all(torch.equal(runs["first"][k], runs["other"][k]) for k in runs["first"])
-    # stage 1 is kept, and polishing a copy of it repeats the run's own stages 2 and 3 (how polish variants are tried)
+    # stage 1 is kept, and polishing a copy of it repeats the run's own stage 2 (how polish variants are tried)
     copy = shutil.copytree(tmp_path / "first" / "stage1", tmp_path / "polished")
     polished = load_file(polish(copy, TrainConfig(seed=0, **cfg), progress=False) / "model.safetensors")
     assert all(torch.equal(runs["first"][k], polished[k]) for k in polished)
@@ -157,4 +189,4 @@ def test_polish_without_a_first_stage_says_so(tmp_path):
 
     shutil.copytree(TINY_MODEL_DIR, tmp_path / "m", ignore=shutil.ignore_patterns("training.json"))
     with pytest.raises(ModelNotFoundError, match="has no training.json.*train-tiny"):
-        polish(tmp_path / "m", TrainConfig(steps=3, polish_steps=2, final_steps=0, batch_size=4), progress=False)
+        polish(tmp_path / "m", TrainConfig(steps=3, polish_steps=2, batch_size=4), progress=False)

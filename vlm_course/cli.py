@@ -97,14 +97,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train_tiny(args) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shares the CPU gracefully with other work
     if args.model == "blip2":
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shares the CPU gracefully with other work
         from .tiny_blip2.train import cli_train
 
         return cli_train(args)
     from .tiny.train import TrainConfig, train_tiny
 
-    given = {name: getattr(args, name) for name in ("vision_steps", "steps", "polish_steps", "final_steps", "batch_size", "seed",
+    given = {name: getattr(args, name) for name in ("vision_steps", "steps", "polish_steps", "batch_size", "seed",
                                                     "threads", "workers")}
     cfg = TrainConfig(**{name: value for name, value in given.items() if value is not None})  # else the recipe's
     out = train_tiny(args.out or "runs/tiny", cfg)
@@ -182,8 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     # defaults (None) leave the shipped recipe's value: vlm_course/tiny/train.py, TrainConfig
     sp.add_argument("--vision-steps", type=int, help="steps of the vision tower's pretraining (stage 0)")
     sp.add_argument("--steps", type=int, help="steps of the main stage")
-    sp.add_argument("--polish-steps", type=int, help="steps of the second, lower-rate stage")
-    sp.add_argument("--final-steps", type=int, help="steps of the third stage (0: none)")
+    sp.add_argument("--polish-steps", type=int, help="steps of the second stage, the polish (0: none)")
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--seed", type=int)
     sp.add_argument("--threads", type=int, help="torch threads for the model (more rarely helps it)")

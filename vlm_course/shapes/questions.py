@@ -181,6 +181,17 @@ ask_attribute, ask_count, ask_exists, ask_position = map(_ask_one, ("attribute",
 ask_describe, ask_description = (_ask_one(family, image_first=True) for family in ("describe", "description"))
 
 
+def ask_more(sample: Sample, rng: random.Random, families: tuple, weights: tuple, n: int,
+             colours=None) -> Sample:
+    """`sample` (one scene, one image) with `n` more text-only questions about its image, in the families
+    drawn by `weights`. Training only: one image through the vision tower then teaches several answers."""
+    msgs = list(sample.messages)
+    for _ in range(n):
+        q, a = QUESTIONS[rng.choices(families, weights)[0]](sample.scenes[0], rng, colours)
+        msgs += [user(q), assistant(a)]
+    return Sample(sample.family, msgs, sample.answer, sample.scenes)
+
+
 def ask_two_images(rng, render, colours=None, include=None):
     first = random_scene(rng, colours=colours, include=include)
     second = first if rng.random() < 0.1 else random_scene(rng, colours=colours, include=include)

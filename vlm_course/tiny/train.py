@@ -7,7 +7,9 @@ chat template, and trained only on the assistant's answers and their <end_of_utt
 from __future__ import annotations
 
 import json
+import ctypes
 import math
+import os
 import random
 import shutil
 import time
@@ -19,44 +21,47 @@ from tqdm.auto import tqdm
 
 from ..finetune import answer_labels  # noqa: F401  (the one implementation of label masking; re-exported)
 from ..plots import save_loss_curve
-from ..shapes.questions import make_sample, render_training
+from ..shapes.questions import SINGLE_IMAGE, ask_more, make_sample, render_training
 from .vision_pretrain import pretrain_vision
 from .build import ARCHITECTURE, build_config, build_model, build_processor, tokenizer_corpus, train_tokenizer
 
-# How often each question family is drawn during training: more of what needs binding a shape to its
-# place or colour (position, attribute, description), less of what is learnt early (count, unknown).
-# A follow-up conversation also trains its first turn (every assistant turn is a target), so it costs the
-# single-image families little; pictures from outside the world are told apart early and need few draws.
-FAMILY_WEIGHTS = {"describe": 1.0, "attribute": 1.5, "count": 0.7, "exists": 1.0, "position": 2.0,
-                  "two_images": 1.0, "multi_turn": 0.8, "description": 1.5, "unknown": 0.2,
-                  "follow_up": 1.2, "outside": 0.5}
-# The polishing stage leans on what stage 1 leaves least sure: questions about one of two objects that
-# share a colour or a shape (attribute, count) and comparing two images.
-# With follow-ups and outside pictures in the mix, stage 1 left position, existence, descriptions and
-# follow-ups short of their bars (measured: 89%, 94%, 96%, 83%): the polishing stages draw more of them.
-POLISH_WEIGHTS = {**FAMILY_WEIGHTS, "attribute": 4.5, "count": 1.5, "two_images": 1.5, "position": 3.0,
-                  "exists": 2.0, "description": 2.0, "unknown": 0.3, "follow_up": 2.0, "outside": 0.3}
+# How often each question family is drawn in stage 1 (run T1 of 2026-12-01, 12,600 steps in 37.8 min with stage 0:
+# every family at its bar but attribute 96.8%, count 96.6%, two_images 94.8%). It leans on binding a shape to its
+# place or colour (position, attribute, description), on two images and on follow-ups; less on what is learnt
+# early (count, existence, unknown, outside pictures). One stage of these beat 10,000 steps of another mix and a
+# 4,000-step polish in the same time (runs S1 and R1y).
+FAMILY_WEIGHTS = {"describe": 1.0, "attribute": 6.0, "count": 1.0, "exists": 1.2, "position": 5.0,
+                  "two_images": 3.0, "multi_turn": 0.5, "description": 4.0, "unknown": 0.2,
+                  "follow_up": 3.2, "outside": 0.25}
+# The polishing stage draws more of what stage 1 left under its bar: attribute, count and two images.
+POLISH_WEIGHTS = {**FAMILY_WEIGHTS, "attribute": 12.0, "count": 2.5, "position": 4.0, "two_images": 3.5,
+                  "multi_turn": 0.6, "description": 3.5}
 
 
 @dataclass
 class TrainConfig:
     vision_steps: int = 1_500  # stage 0: the vision tower alone learns to see shapes (vision_pretrain.py)
     vision_lr: float = 2e-3
-    steps: int = 14_000  # 15,000 before follow-ups and outside pictures made the batches ~15% longer: 45 minutes in all
+    steps: int = 12_600  # 165 ms a step (run T1; one more question a sample), 37.8 min with stage 0
     batch_size: int = 32
     lr: float = 5e-4
     min_lr: float = 5e-5
     warmup: int = 200
     hold: float = 0.4  # fraction of the run at the peak rate: shapes are learnt late, so keep the rate up
-    polish_steps: int = 2_000  # a second stage with a fresh optimizer at a lower rate
+    # Stage 2: a fresh optimizer, a short warm-up to a gentle peak, on the polishing mix: it lifts what stage 1
+    # left short (measured on T1: attribute 96.8 -> 98.0, count 96.6 -> 98.4, two_images 94.8 -> 95.8; with
+    # attribute at 7 instead of 12 it stopped at 97.2). 2,000 steps: 5.4 min, 43.0 min in all
+    polish_steps: int = 2_000
     polish_lr: float = 2e-4
-    final_steps: int = 6_000  # a third, like the second on fresh draws at a higher peak: stage 2 alone left binding short
-    final_lr: float = 4e-4
+    # Each one-image sample goes on with this many more text-only questions about its image, on average: one
+    # pass of the vision tower then teaches several answers, follow-ups above all (measured on a 2,000-step
+    # polish: 2 more questions cost 30% a step and took follow-ups from 85% to 92%)
+    more_questions: float = 1.0
     weight_decay: float = 0.0
     clip: float = 1.0
     seed: int = 1  # the shipped model's (its card's Limitations say how far seed 0 fell behind)
-    threads: int = 1  # the tiny model's matrices are too small for a second thread to help...
-    workers: int = 1  # ...so the other core draws and renders the batches in a DataLoader worker
+    threads: int = 2  # a second thread helps a little (measured 169-170 against 178-186 ms a step) even though...
+    workers: int = 1  # ...the data worker shares its core: drawing and rendering a batch takes about 38 ms
     group: int = 8  # batches drawn together and grouped by length, to waste little on padding
     family_weights: dict = field(default_factory=lambda: dict(FAMILY_WEIGHTS))
     polish_weights: dict = field(default_factory=lambda: dict(POLISH_WEIGHTS))
@@ -76,10 +81,15 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 def make_batches(processor, rng: random.Random, batch_size: int, assistant_ids: list[int], end_id: int,
-                 n_batches: int = 1, weights: dict | None = None) -> list:
+                 n_batches: int = 1, weights: dict | None = None, more_questions: float = 0.0) -> list:
     """`n_batches` training batches of freshly drawn samples, grouped by length (short with short)."""
-    families, w = zip(*(weights or FAMILY_WEIGHTS).items())
+    weights = weights or FAMILY_WEIGHTS
+    families, w = zip(*weights.items())
+    single = tuple(f for f in SINGLE_IMAGE if weights.get(f))
     samples = [make_sample(rng.choices(families, w)[0], rng, render_training) for _ in range(batch_size * n_batches)]
+    if more_questions:  # one-image samples go on with more questions about their image (see TrainConfig)
+        samples = [ask_more(s, rng, single, [weights[f] for f in single], _how_many(rng, more_questions))
+                   if s.family in SINGLE_IMAGE else s for s in samples]
     texts = [processor.apply_chat_template(s.messages) for s in samples]
     lengths = [len(t) for t in texts]  # characters: close enough to tokens for grouping
     order = sorted(range(len(samples)), key=lengths.__getitem__)
@@ -94,6 +104,11 @@ def make_batches(processor, rng: random.Random, batch_size: int, assistant_ids: 
     return batches
 
 
+def _how_many(rng: random.Random, mean: float) -> int:
+    """0, 1, 2 ... more questions, `mean` on average: the whole part always, one more with the fraction's chance."""
+    return int(mean) + (rng.random() < mean - int(mean))
+
+
 def make_batch(processor, rng: random.Random, batch_size: int, assistant_ids: list[int], end_id: int):
     return make_batches(processor, rng, batch_size, assistant_ids, end_id)[0]
 
@@ -101,8 +116,9 @@ def make_batch(processor, rng: random.Random, batch_size: int, assistant_ids: li
 class ShapesBatches(torch.utils.data.IterableDataset):
     """An endless, seeded stream of training batches; run in a DataLoader worker it overlaps with training."""
 
-    def __init__(self, processor, seed: int, cfg: "TrainConfig", weights: dict | None = None):
-        self.processor, self.seed, self.cfg = processor, seed, cfg
+    def __init__(self, processor, seed: int, cfg: "TrainConfig", weights: dict | None = None,
+                 more_questions: float = 0.0):
+        self.processor, self.seed, self.cfg, self.more_questions = processor, seed, cfg, more_questions
         self.weights = weights or cfg.family_weights
         tokenizer = processor.tokenizer
         self.assistant_ids = tokenizer("\nAssistant:", add_special_tokens=False).input_ids[1:]  # after the newline
@@ -113,7 +129,7 @@ class ShapesBatches(torch.utils.data.IterableDataset):
         rng = worker_rng(self.seed)
         while True:
             yield from make_batches(self.processor, rng, self.cfg.batch_size, self.assistant_ids, self.end_id,
-                                    self.cfg.group, self.weights)
+                                    self.cfg.group, self.weights, self.more_questions)
 
 
 def worker_rng(seed: int) -> random.Random:
@@ -130,22 +146,23 @@ def in_background(batches: torch.utils.data.IterableDataset, workers: int):
     return iter(torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=4))
 
 
-def batch_stream(processor, seed: int, cfg: "TrainConfig", weights: dict | None = None):
+def batch_stream(processor, seed: int, cfg: "TrainConfig", weights: dict | None = None, more_questions: float = 0.0):
     """Batches from `cfg.workers` background processes (0: drawn in this process, between steps)."""
-    return in_background(ShapesBatches(processor, seed, cfg, weights), cfg.workers)
+    return in_background(ShapesBatches(processor, seed, cfg, weights, more_questions), cfg.workers)
 
 
 def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True) -> Path:
     """Train a tiny Idefics2 from scratch and save it (save_pretrained layout) with its loss curve to `out_dir`.
 
     Stage 0: `cfg.vision_steps` steps of the vision tower alone on patch targets (see vision_pretrain.py).
-    Stage 1: `cfg.steps` steps of the whole model on the answers. Stage 2: `cfg.polish_steps` at a lower
-    rate with a fresh optimizer and `cfg.polish_weights`; stage 3: `cfg.final_steps` more like it on fresh draws. Stage 1 is also kept in `out_dir/stage1`, so
-    `polish(copy_of_it, cfg)` tries another stage 2 in minutes instead of retraining for forty.
+    Stage 1: `cfg.steps` steps of the whole model on the answers. Stage 2: `cfg.polish_steps` with a fresh
+    optimizer, `cfg.polish_lr` and `cfg.polish_weights`. Stage 1 is also kept in `out_dir/stage1`, so
+    `polish(copy_of_it, cfg)` tries another stage 2 in minutes instead of retraining for half an hour.
     """
     cfg = cfg or TrainConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    keep_freed_memory()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     tokenizer = train_tokenizer(tokenizer_corpus(seed=cfg.seed + 12345))
@@ -153,7 +170,7 @@ def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bo
     model = build_model(build_config(tokenizer, cfg.architecture), seed=cfg.seed)
     extra = {}
     if cfg.vision_steps:  # drawn in this process, so it may use the data workers' cores too
-        torch.set_num_threads(cfg.threads + cfg.workers)
+        torch.set_num_threads(max(cfg.threads, min(cfg.threads + cfg.workers, os.cpu_count() or 1)))
         extra["vision_pretraining"] = pretrain_vision(model, processor, cfg.vision_steps, lr=cfg.vision_lr,
                                                       seed=cfg.seed, progress=progress)
         torch.set_num_threads(cfg.threads)
@@ -163,12 +180,26 @@ def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bo
                             seconds_before=seconds, extra=extra)
     if cfg.polish_steps:
         shutil.copytree(out, out / "stage1", ignore=shutil.ignore_patterns("stage1"), dirs_exist_ok=True)
-    _polish_stages(model, processor, cfg, out, progress, history, seconds, extra)
+    _polish_stage(model, processor, cfg, out, progress, history, seconds, extra)
     return out
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse instead of handing it back to the system: every batch has a new
+    sequence length, so its tensors were freed and faulted in again at each step (measured over 500 steps:
+    1,184,501 minor page faults, 155,288 with this). Elsewhere than glibc (macOS, Windows, musl) it does nothing."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    trim_threshold, top_pad, mmap_threshold = -1, -2, -3  # glibc's <malloc.h> M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD
+    mallopt(trim_threshold, 1 << 30)
+    mallopt(top_pad, 64 << 20)
+    mallopt(mmap_threshold, 1 << 30)
+
+
 def polish(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True) -> Path:
-    """Run the polishing stages (2, and 3 if cfg.final_steps) on a model whose first stage is saved in `out_dir`."""
+    """Run the polishing stage (stage 2) on a model whose first stage is saved in `out_dir`."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     cfg = cfg or TrainConfig()
@@ -184,40 +215,30 @@ def polish(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool =
     model = AutoModelForImageTextToText.from_pretrained(out)
     log = json.loads((out / "training.json").read_text())
     extra = {k: log[k] for k in ("vision_pretraining", "cpu_seconds") if k in log}
-    _polish_stages(model, processor, cfg, out, progress, log["history"], log["seconds"], extra)
+    _polish_stage(model, processor, cfg, out, progress, log["history"], log["seconds"], extra)
     return out
 
 
-def _polish_stages(model, processor, cfg: TrainConfig, out: Path, progress: bool, history: list[dict],
-                   seconds: float, extra: dict) -> None:
-    """Stage 2 (if cfg.polish_steps), then stage 3 (if cfg.final_steps): the same seeds whether stage 1 ran
-    just now or was loaded from disk."""
-    if cfg.polish_steps:
-        history, seconds = _run(model, processor, cfg.seed + 2_000_003, cfg, out, stage=2, progress=progress,
-                                history=history, seconds_before=seconds, extra=extra)
-    if cfg.final_steps:
-        _run(model, processor, cfg.seed + 2_000_004, cfg, out, stage=3, progress=progress, history=history,
+def _polish_stage(model, processor, cfg: TrainConfig, out: Path, progress: bool, history: list[dict],
+                  seconds: float, extra: dict) -> None:
+    """Stage 2 (if cfg.polish_steps): the same draws whether stage 1 ran just now or was loaded from disk."""
+    if cfg.polish_steps:  # seed + 2,000,004: the shipped model's (2,000,003 went to a short stage it no longer has)
+        _run(model, processor, cfg.seed + 2_000_004, cfg, out, stage=2, progress=progress, history=history,
              seconds_before=seconds, extra=extra)
 
 
-def polish_rate(step: int, cfg: TrainConfig, steps: int | None = None, peak: float | None = None) -> float:
-    """The second stage (or, with steps and peak, the third): a short warm-up to the peak, then cosine to min_lr."""
-    steps, peak = steps or cfg.polish_steps, peak or cfg.polish_lr
+def polish_rate(step: int, cfg) -> float:
+    """Stage 2: a short warm-up to cfg.polish_lr, then cosine to cfg.min_lr at cfg.polish_steps."""
     warmup = 50
     if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def final_rate(step: int, cfg: TrainConfig) -> float:
-    return polish_rate(step, cfg, cfg.final_steps, cfg.final_lr)
+        return cfg.polish_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.polish_steps - warmup)
+    return cfg.min_lr + 0.5 * (cfg.polish_lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def _stages(cfg: TrainConfig) -> dict[int, tuple]:
-    """Stages 1-3: (steps, learning-rate schedule, first step number); the global step numbers go on across stages."""
-    return {1: (cfg.steps, learning_rate, 0), 2: (cfg.polish_steps, polish_rate, cfg.steps),
-            3: (cfg.final_steps, final_rate, cfg.steps + cfg.polish_steps)}
+    """Stages 1-2: (steps, learning-rate schedule, first step number); the global step numbers go on across stages."""
+    return {1: (cfg.steps, learning_rate, 0), 2: (cfg.polish_steps, polish_rate, cfg.steps)}
 
 
 def _run(model, processor, data_seed: int, cfg: TrainConfig, out: Path, stage: int, progress: bool,
@@ -225,7 +246,8 @@ def _run(model, processor, data_seed: int, cfg: TrainConfig, out: Path, stage: i
          extra: dict | None = None) -> tuple[list[dict], float]:
     """One stage; returns the loss history and the seconds on the clock at its end (earlier stages included)."""
     processor.tokenizer.padding_side = "right"  # training pads on the right; generation (the saved default) on the left
-    batches = batch_stream(processor, data_seed, cfg, cfg.family_weights if stage == 1 else cfg.polish_weights)
+    batches = batch_stream(processor, data_seed, cfg, cfg.family_weights if stage == 1 else cfg.polish_weights,
+                           cfg.more_questions)
     model.train()
     steps, rate, first = _stages(cfg)[stage]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
