@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--polish-steps", type=int, help="steps of the second stage, the polish (0: none)")
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--seed", type=int)
-    sp.add_argument("--threads", type=int, help="torch threads for the model (more rarely helps it)")
+    sp.add_argument("--threads", type=int, help="torch threads for the model (the recipe's 2 share the data worker's core)")
     sp.add_argument("--workers", type=int, help="processes drawing batches (0: draw them in-process)")
     sp.set_defaults(func=cmd_train_tiny)
 

@@ -116,9 +116,8 @@ def make_batch(processor, rng: random.Random, batch_size: int, assistant_ids: li
 class ShapesBatches(torch.utils.data.IterableDataset):
     """An endless, seeded stream of training batches; run in a DataLoader worker it overlaps with training."""
 
-    def __init__(self, processor, seed: int, cfg: "TrainConfig", weights: dict | None = None,
-                 more_questions: float = 0.0):
-        self.processor, self.seed, self.cfg, self.more_questions = processor, seed, cfg, more_questions
+    def __init__(self, processor, seed: int, cfg: "TrainConfig", weights: dict | None = None):
+        self.processor, self.seed, self.cfg = processor, seed, cfg
         self.weights = weights or cfg.family_weights
         tokenizer = processor.tokenizer
         self.assistant_ids = tokenizer("\nAssistant:", add_special_tokens=False).input_ids[1:]  # after the newline
@@ -129,7 +128,7 @@ class ShapesBatches(torch.utils.data.IterableDataset):
         rng = worker_rng(self.seed)
         while True:
             yield from make_batches(self.processor, rng, self.cfg.batch_size, self.assistant_ids, self.end_id,
-                                    self.cfg.group, self.weights, self.more_questions)
+                                    self.cfg.group, self.weights, self.cfg.more_questions)
 
 
 def worker_rng(seed: int) -> random.Random:
@@ -146,9 +145,9 @@ def in_background(batches: torch.utils.data.IterableDataset, workers: int):
     return iter(torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=4))
 
 
-def batch_stream(processor, seed: int, cfg: "TrainConfig", weights: dict | None = None, more_questions: float = 0.0):
+def batch_stream(processor, seed: int, cfg: "TrainConfig", weights: dict | None = None):
     """Batches from `cfg.workers` background processes (0: drawn in this process, between steps)."""
-    return in_background(ShapesBatches(processor, seed, cfg, weights, more_questions), cfg.workers)
+    return in_background(ShapesBatches(processor, seed, cfg, weights), cfg.workers)
 
 
 def train_tiny(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True) -> Path:
@@ -209,6 +208,7 @@ def polish(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool =
 
         raise ModelNotFoundError(f"{str(out)!r} has no training.json, so there is no first stage to polish. "
                                  "polish() continues a run of train_tiny (vlm-course train-tiny) in the same folder.")
+    keep_freed_memory()  # as train_tiny does: stage 2 runs the same here as there
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + 1)
     processor = AutoProcessor.from_pretrained(out)
@@ -246,8 +246,7 @@ def _run(model, processor, data_seed: int, cfg: TrainConfig, out: Path, stage: i
          extra: dict | None = None) -> tuple[list[dict], float]:
     """One stage; returns the loss history and the seconds on the clock at its end (earlier stages included)."""
     processor.tokenizer.padding_side = "right"  # training pads on the right; generation (the saved default) on the left
-    batches = batch_stream(processor, data_seed, cfg, cfg.family_weights if stage == 1 else cfg.polish_weights,
-                           cfg.more_questions)
+    batches = batch_stream(processor, data_seed, cfg, cfg.family_weights if stage == 1 else cfg.polish_weights)
     model.train()
     steps, rate, first = _stages(cfg)[stage]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
